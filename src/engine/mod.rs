@@ -1,0 +1,25 @@
+//! The storage engine.
+//!
+//! [`KvsEngine`] is the async interface both engines implement. [`KvStore`] is kvs's own
+//! engine; [`SledKvsEngine`] wraps sled 0.34.
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+use crate::Result;
+
+mod sled_engine;
+
+pub use sled_engine::SledKvsEngine;
+
+/// A key/value storage engine. Keys and values are bytes (binary-safe, empty value allowed).
+/// Handles are cheap to clone and usable from any thread of a multi-threaded tokio runtime.
+pub trait KvsEngine: Clone + Send + Sync + 'static {
+    /// Sets `key` to `value`. Resolves once the write is durable per the store's fsync policy.
+    fn set(&self, key: Bytes, value: Bytes) -> impl Future<Output = Result<()>> + Send;
+    /// The value of `key`, or `None`.
+    fn get(&self, key: Bytes) -> impl Future<Output = Result<Option<Bytes>>> + Send;
+    /// Removes `key`; [`crate::KvsError::KeyNotFound`] when it is absent.
+    fn remove(&self, key: Bytes) -> impl Future<Output = Result<()>> + Send;
+}

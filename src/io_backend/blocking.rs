@@ -1,0 +1,1 @@
+//! The blocking backend: positional syscalls on a thread pool. (Being written.)

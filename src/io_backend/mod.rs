@@ -1,0 +1,144 @@
+//! The narrow file-I/O trait the engine is written against, and the choice of backend.
+//!
+//! Two implementations: [`uring`] (tokio-uring file operations, truly asynchronous) and
+//! [`blocking`] (positional syscalls on a small thread pool fed by crossbeam-channel). The
+//! backend is picked once at start-up by [`choose`]: `auto` probes io_uring and falls back
+//! where ring setup is refused (EPERM, ENOSYS, ENOMEM); `KVS_IO=uring|blocking|auto` or the
+//! server's `--io` flag forces it. The choice and its reason are logged by the caller.
+//!
+//! Buffers are owned (`Vec<u8>`) and handed back with the result, as io_uring requires: a
+//! read fills the vector's spare capacity and sets its length to the bytes read.
+//!
+//! Futures are not `Send`: a file belongs to the thread that owns its partition.
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+
+pub mod blocking;
+pub mod uring;
+
+/// One open file: positional reads and writes, data sync, resize.
+#[expect(
+    async_fn_in_trait,
+    reason = "files are owned by one thread; the futures are deliberately not Send"
+)]
+pub trait DiskFile: 'static {
+    /// Reads up to `buf.capacity()` bytes at `pos` into `buf` (whose length is set to the
+    /// bytes read; fewer only at end of file).
+    fn read_at(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = (io::Result<usize>, Vec<u8>)>;
+    /// Writes all of `buf` at `pos` (never O_APPEND).
+    fn write_all_at(&self, buf: Vec<u8>, pos: u64)
+        -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
+    /// fdatasync.
+    async fn sync_data(&self) -> io::Result<()>;
+    /// ftruncate.
+    async fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The file's current size.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// A filesystem: opens files, renames, removes, and syncs directories.
+#[expect(
+    async_fn_in_trait,
+    reason = "files are owned by one thread; the futures are deliberately not Send"
+)]
+pub trait Disk: Clone + 'static {
+    type File: DiskFile;
+    /// Opens `path` for reading and writing; with `create`, creates it if missing (mode 0600).
+    async fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// fsyncs a directory, making creations, renames and removals in it durable.
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// Which backend to run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoBackendKind {
+    Uring,
+    Blocking,
+}
+
+impl IoBackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackendKind::Uring => "uring",
+            IoBackendKind::Blocking => "blocking",
+        }
+    }
+}
+
+impl std::fmt::Display for IoBackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoChoice {
+    #[default]
+    Auto,
+    Uring,
+    Blocking,
+}
+
+impl std::str::FromStr for IoChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoChoice::Auto),
+            "uring" => Ok(IoChoice::Uring),
+            "blocking" => Ok(IoChoice::Blocking),
+            other => Err(format!("unknown I/O backend '{other}' (expected auto, uring or blocking)")),
+        }
+    }
+}
+
+impl IoChoice {
+    /// Reads `KVS_IO`; unset means `auto`.
+    pub fn from_env() -> std::result::Result<IoChoice, String> {
+        match std::env::var("KVS_IO") {
+            Ok(v) if !v.is_empty() => v.parse().map_err(|e| format!("KVS_IO: {e}")),
+            _ => Ok(IoChoice::Auto),
+        }
+    }
+}
+
+/// The backend in force and a sentence saying why.
+#[derive(Clone, Debug)]
+pub struct BackendChoice {
+    pub kind: IoBackendKind,
+    pub reason: String,
+}
+
+/// Decides the backend once. `Uring` forced on a machine that refuses io_uring is an error.
+pub fn choose(choice: IoChoice) -> io::Result<BackendChoice> {
+    match choice {
+        IoChoice::Blocking => Ok(BackendChoice {
+            kind: IoBackendKind::Blocking,
+            reason: "forced by configuration".into(),
+        }),
+        IoChoice::Uring => match uring::probe() {
+            Ok(()) => Ok(BackendChoice {
+                kind: IoBackendKind::Uring,
+                reason: "forced by configuration".into(),
+            }),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("io_uring was forced but is unavailable: {e}"),
+            )),
+        },
+        IoChoice::Auto => Ok(match uring::probe() {
+            Ok(()) => BackendChoice {
+                kind: IoBackendKind::Uring,
+                reason: "io_uring is available".into(),
+            },
+            Err(e) => BackendChoice {
+                kind: IoBackendKind::Blocking,
+                reason: format!("io_uring is unavailable ({e}); using epoll and a blocking file pool"),
+            },
+        }),
+    }
+}

@@ -1,0 +1,45 @@
+//! Every limit in kvs, in one place, units last. Untrusted lengths are checked against these
+//! before they size an allocation.
+
+/// Longest key accepted, in bytes.
+pub const KEY_BYTES_MAX: usize = 8 * 1024;
+/// Longest value accepted, in bytes.
+pub const VALUE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Room in a frame for everything but the key and the value.
+pub const FRAME_OVERHEAD_BYTES_MAX: usize = 1024;
+/// Longest native frame body (and longest RESP command) accepted, in bytes.
+pub const FRAME_BYTES_MAX: usize = KEY_BYTES_MAX + VALUE_BYTES_MAX + FRAME_OVERHEAD_BYTES_MAX;
+/// Most elements in one RESP array (MSET/MGET/DEL arguments).
+pub const RESP_ARRAY_ITEMS_MAX: usize = 1024 * 1024;
+/// Most bytes one RESP command may occupy, all arguments together.
+pub const RESP_COMMAND_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Size at which a segment is sealed and a new one started, in bytes.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Smallest segment size a store may be configured with.
+pub const SEGMENT_BYTES_MIN: u64 = 4096;
+/// Most bytes of records written by the writer loop in one batch.
+pub const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Default cap on open client connections per server.
+pub const CONNECTIONS_MAX: usize = 16_384;
+/// Default idle timeout: a connection with no complete request for this long is closed.
+pub const IDLE_TIMEOUT_MS: u64 = 300_000;
+/// A frame that has started arriving must complete within this time (slowloris defence).
+pub const FRAME_TIMEOUT_MS: u64 = 10_000;
+/// Requests one connection may have in flight before the server stops reading from it.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+/// Bytes of responses one connection may have queued before the server stops reading from it.
+pub const RESPONSE_BYTES_QUEUED_MAX: usize = 16 * 1024 * 1024;
+/// Time the server gives in-flight work on SIGTERM before it exits anyway.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+
+/// Default number of partitions a new data directory is created with by the server.
+pub const PARTITIONS_DEFAULT: u32 = 16;
+/// Most partitions a data directory may have.
+pub const PARTITIONS_MAX: u32 = 1024;
+
+const _: () = assert!(SEGMENT_BYTES_MIN as usize >= 64);
+const _: () = assert!(FRAME_BYTES_MAX > KEY_BYTES_MAX + VALUE_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT as usize > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);
+const _: () = assert!(WRITE_BATCH_BYTES_MAX <= SEGMENT_BYTES_DEFAULT as usize);
