@@ -9,8 +9,20 @@ use bytes::Bytes;
 
 use crate::Result;
 
+pub mod durability;
+mod hint;
+mod index;
+mod manifest;
+pub mod meta;
+pub mod partition;
+mod record;
+mod segment;
 mod sled_engine;
+#[cfg(test)]
+mod tests;
 
+pub use durability::FsyncPolicy;
+pub use partition::{Partition, PartitionConfig, PartitionStats};
 pub use sled_engine::SledKvsEngine;
 
 /// A key/value storage engine. Keys and values are bytes (binary-safe, empty value allowed).

@@ -16,6 +16,8 @@ use std::io;
 use std::path::Path;
 
 pub mod blocking;
+#[cfg(test)]
+pub mod faulty;
 pub mod uring;
 
 /// One open file: positional reads and writes, data sync, resize.
@@ -26,10 +28,14 @@ pub mod uring;
 pub trait DiskFile: 'static {
     /// Reads up to `buf.capacity()` bytes at `pos` into `buf` (whose length is set to the
     /// bytes read; fewer only at end of file).
-    fn read_at(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = (io::Result<usize>, Vec<u8>)>;
+    fn read_at(&self, buf: Vec<u8>, pos: u64)
+        -> impl Future<Output = (io::Result<usize>, Vec<u8>)>;
     /// Writes all of `buf` at `pos` (never O_APPEND).
-    fn write_all_at(&self, buf: Vec<u8>, pos: u64)
-        -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
+    fn write_all_at(
+        &self,
+        buf: Vec<u8>,
+        pos: u64,
+    ) -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
     /// fdatasync.
     async fn sync_data(&self) -> io::Result<()>;
     /// ftruncate.
@@ -91,7 +97,9 @@ impl std::str::FromStr for IoChoice {
             "auto" => Ok(IoChoice::Auto),
             "uring" => Ok(IoChoice::Uring),
             "blocking" => Ok(IoChoice::Blocking),
-            other => Err(format!("unknown I/O backend '{other}' (expected auto, uring or blocking)")),
+            other => Err(format!(
+                "unknown I/O backend '{other}' (expected auto, uring or blocking)"
+            )),
         }
     }
 }
@@ -137,7 +145,9 @@ pub fn choose(choice: IoChoice) -> io::Result<BackendChoice> {
             },
             Err(e) => BackendChoice {
                 kind: IoBackendKind::Blocking,
-                reason: format!("io_uring is unavailable ({e}); using epoll and a blocking file pool"),
+                reason: format!(
+                    "io_uring is unavailable ({e}); using epoll and a blocking file pool"
+                ),
             },
         }),
     }

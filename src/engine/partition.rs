@@ -1,0 +1,1424 @@
+//! One partition: a segmented append-only log, its in-memory index, its writer loop and its
+//! compaction, all owned by one thread.
+//!
+//! Invariants:
+//! - Only the writer loop appends, at `tail` of the active segment, with positional writes.
+//! - A write is acknowledged only after it reached the kernel and, under
+//!   [`FsyncPolicy::Always`], after fdatasync; the index is updated right before the
+//!   acknowledgement, so a reader never sees an unacknowledged write.
+//! - After a failed write or fsync (other than ENOSPC, which is undone) the partition refuses
+//!   writes and keeps serving reads.
+//! - A record read from disk is checksummed and its key compared before its value is served.
+//! - Segment ids only grow. Sealed segments are immutable and end exactly at their last record.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use super::durability::FsyncPolicy;
+use super::hint::{self, HintEntry, HintWriter};
+use super::index::{Index, Loc};
+use super::manifest::{CompactionManifest, MANIFEST_NAME};
+use super::record::{self, RecordKind, RecordRef, RECORD_BYTES_MAX};
+use super::segment::{self, FileKind, Origin, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::io_backend::{Disk, DiskFile};
+use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX, WRITE_BATCH_BYTES_MAX};
+use crate::{KvsError, Result};
+
+/// Bytes read at a time when scanning or copying segments.
+const SCAN_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes of zeros written at a time when preallocating a segment.
+const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+/// The name of the preallocated segment waiting to become the next active one.
+const SPARE_NAME: &str = "spare.seg.tmp";
+
+/// How a partition is run.
+#[derive(Clone, Debug)]
+pub struct PartitionConfig {
+    pub id: u32,
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+    /// Prepare zero-filled segments ahead of time (writes plus fsync are faster in them).
+    pub preallocate: bool,
+    /// Compact once sealed segments hold at least this many dead bytes...
+    pub compaction_min_dead_bytes: u64,
+    /// ...and dead bytes reach this fraction of live bytes.
+    pub compaction_dead_ratio: f64,
+    /// Run compaction automatically.
+    pub auto_compact: bool,
+}
+
+impl PartitionConfig {
+    pub fn new(id: u32, dir: PathBuf) -> PartitionConfig {
+        PartitionConfig {
+            id,
+            dir,
+            segment_bytes: crate::limits::SEGMENT_BYTES_DEFAULT,
+            fsync: FsyncPolicy::Always,
+            preallocate: true,
+            compaction_min_dead_bytes: 4 * 1024 * 1024,
+            compaction_dead_ratio: 0.5,
+            auto_compact: true,
+        }
+    }
+}
+
+/// Counters for the stats request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub partition: u32,
+    pub keys: u64,
+    pub live_bytes: u64,
+    pub dead_bytes: u64,
+    pub segments: u32,
+    pub compactions: u64,
+}
+
+struct Segment<F> {
+    file: Rc<F>,
+    /// End of the last record.
+    len: u64,
+    /// Bytes of records the index points at.
+    live: u64,
+}
+
+impl<F> Segment<F> {
+    fn dead(&self) -> u64 {
+        self.len - SEGMENT_HEADER_BYTES - self.live
+    }
+}
+
+struct Pending {
+    key: Bytes,
+    /// `None` is a delete.
+    value: Option<Bytes>,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+struct State<F> {
+    index: Index,
+    segments: BTreeMap<u32, Segment<F>>,
+    active: u32,
+    tail: u64,
+    next_seq: u64,
+    next_id: u64,
+    active_hint: HintWriter,
+    poisoned: Option<(&'static str, String)>,
+    compacting: bool,
+    /// A compaction failed in a way that needs an operator; no more are started.
+    compaction_disabled: bool,
+    compactions: u64,
+    spare: Option<Rc<F>>,
+    preparing_spare: bool,
+    /// Set when data was written but not yet fdatasynced (interval and never policies).
+    unsynced_since: Option<Instant>,
+}
+
+struct Inner<D: Disk> {
+    disk: D,
+    cfg: PartitionConfig,
+    state: RefCell<State<D::File>>,
+    queue: RefCell<VecDeque<Pending>>,
+    wake_writer: Notify,
+    closing: Cell<bool>,
+    writer_done: RefCell<Option<oneshot::Receiver<()>>>,
+}
+
+/// A handle to a partition; clones share it. Not `Send`: it lives on its owner thread.
+pub struct Partition<D: Disk> {
+    inner: Rc<Inner<D>>,
+}
+
+impl<D: Disk> Clone for Partition<D> {
+    fn clone(&self) -> Self {
+        Partition {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> KvsError {
+    KvsError::Corrupt {
+        file: file.to_owned(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+fn to_u32(v: u64, what: &str) -> Result<u32> {
+    u32::try_from(v)
+        .map_err(|_| KvsError::Config(format!("{what} {v} exceeds the format's 32-bit range")))
+}
+
+/// Reads exactly `len` bytes at `pos`.
+async fn read_exact_at<F: DiskFile>(file: &F, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let want = len - out.len();
+        let (res, chunk) = file
+            .read_at(Vec::with_capacity(want), pos + out.len() as u64)
+            .await;
+        let n = res?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file ends before the record",
+            ));
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    Ok(out)
+}
+
+async fn write_all<F: DiskFile>(file: &F, buf: Vec<u8>, pos: u64) -> io::Result<Vec<u8>> {
+    let (res, buf) = file.write_all_at(buf, pos).await;
+    res.map(|()| buf)
+}
+
+impl<D: Disk> Partition<D> {
+    /// Opens (recovering) or creates the partition in `cfg.dir`, and starts its writer loop
+    /// on the current thread's `LocalSet`.
+    pub async fn open(disk: D, cfg: PartitionConfig) -> Result<Partition<D>> {
+        if cfg.segment_bytes < crate::limits::SEGMENT_BYTES_MIN
+            || cfg.segment_bytes > u64::from(u32::MAX)
+        {
+            return Err(KvsError::Config(format!(
+                "segment size {} is out of range",
+                cfg.segment_bytes
+            )));
+        }
+        super::meta::create_dir_durable(&cfg.dir)?;
+        let state = recover(&disk, &cfg).await?;
+        let (done_tx, done_rx) = oneshot::channel();
+        let part = Partition {
+            inner: Rc::new(Inner {
+                disk,
+                cfg,
+                state: RefCell::new(state),
+                queue: RefCell::new(VecDeque::new()),
+                wake_writer: Notify::new(),
+                closing: Cell::new(false),
+                writer_done: RefCell::new(Some(done_rx)),
+            }),
+        };
+        let writer = part.clone();
+        tokio::task::spawn_local(async move {
+            writer.writer_loop().await;
+            let _ = done_tx.send(());
+        });
+        part.maybe_prepare_spare();
+        part.maybe_compact();
+        Ok(part)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.inner.cfg.id
+    }
+
+    /// The value of `key`, read from disk and checked.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        let (file, loc) = {
+            let st = self.inner.state.borrow();
+            let Some(loc) = st.index.get(key) else {
+                return Ok(None);
+            };
+            (st.segments[&loc.segment].file.clone(), loc)
+        };
+        let buf = read_exact_at(&*file, u64::from(loc.offset), loc.len as usize).await?;
+        let seg_path = || segment::segment_path(&self.inner.cfg.dir, u64::from(loc.segment));
+        let (value_start, value_len) = match record::decode(&buf) {
+            Ok(Some(RecordRef {
+                kind: RecordKind::Put,
+                key: k,
+                value,
+                ..
+            })) if k == key => (buf.len() - value.len(), value.len()),
+            Ok(Some(_)) => {
+                return Err(corrupt(
+                    &seg_path(),
+                    loc.offset.into(),
+                    "record does not match the index",
+                ))
+            }
+            Ok(None) => {
+                return Err(corrupt(
+                    &seg_path(),
+                    loc.offset.into(),
+                    "record is truncated",
+                ))
+            }
+            Err(e) => return Err(corrupt(&seg_path(), loc.offset.into(), e.to_string())),
+        };
+        Ok(Some(
+            Bytes::from(buf).slice(value_start..value_start + value_len),
+        ))
+    }
+
+    pub async fn set(&self, key: Bytes, value: Bytes) -> Result<()> {
+        if value.len() > VALUE_BYTES_MAX {
+            return Err(KvsError::ValueTooLarge {
+                len: value.len(),
+                max: VALUE_BYTES_MAX,
+            });
+        }
+        self.submit(key, Some(value)).await
+    }
+
+    /// Removes `key`; [`KvsError::KeyNotFound`] if it is absent when the writer reaches it.
+    pub async fn remove(&self, key: Bytes) -> Result<()> {
+        self.submit(key, None).await
+    }
+
+    async fn submit(&self, key: Bytes, value: Option<Bytes>) -> Result<()> {
+        if key.len() > KEY_BYTES_MAX {
+            return Err(KvsError::KeyTooLarge {
+                len: key.len(),
+                max: KEY_BYTES_MAX,
+            });
+        }
+        if self.inner.closing.get() {
+            return Err(KvsError::Closed);
+        }
+        if let Some((op, cause)) = &self.inner.state.borrow().poisoned {
+            return Err(KvsError::Poisoned {
+                op,
+                cause: cause.clone(),
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .queue
+            .borrow_mut()
+            .push_back(Pending { key, value, reply });
+        self.inner.wake_writer.notify_one();
+        rx.await.map_err(|_| KvsError::Closed)?
+    }
+
+    pub fn stats(&self) -> PartitionStats {
+        let st = self.inner.state.borrow();
+        PartitionStats {
+            partition: self.inner.cfg.id,
+            keys: st.index.len() as u64,
+            live_bytes: st.segments.values().map(|s| s.live).sum(),
+            dead_bytes: st.segments.values().map(|s| s.dead()).sum(),
+            segments: st.segments.len() as u32,
+            compactions: st.compactions,
+        }
+    }
+
+    /// Why writes are refused, if they are.
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner
+            .state
+            .borrow()
+            .poisoned
+            .as_ref()
+            .map(|(op, c)| format!("failed {op}: {c}"))
+    }
+
+    /// Stops taking writes, lets the writer finish what is queued, and syncs the log.
+    pub async fn close(&self) {
+        self.inner.closing.set(true);
+        self.inner.wake_writer.notify_one();
+        let rx = self.inner.writer_done.borrow_mut().take();
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+    }
+
+    // ---- the writer loop -------------------------------------------------------------
+
+    async fn writer_loop(&self) {
+        loop {
+            if self.inner.queue.borrow().is_empty() {
+                if self.inner.closing.get() {
+                    self.sync_if_dirty().await;
+                    return;
+                }
+                let deadline = self.sync_deadline();
+                match deadline {
+                    Some(at) => {
+                        tokio::select! {
+                            _ = self.inner.wake_writer.notified() => {}
+                            _ = tokio::time::sleep_until(at) => self.sync_if_dirty().await,
+                        }
+                    }
+                    None => self.inner.wake_writer.notified().await,
+                }
+                continue;
+            }
+            self.write_one_batch().await;
+        }
+    }
+
+    fn sync_deadline(&self) -> Option<Instant> {
+        let since = self.inner.state.borrow().unsynced_since?;
+        match self.inner.cfg.fsync {
+            FsyncPolicy::Interval(d) => Some(since + d),
+            _ => None,
+        }
+    }
+
+    async fn sync_if_dirty(&self) {
+        let file = {
+            let st = self.inner.state.borrow();
+            if st.unsynced_since.is_none() || st.poisoned.is_some() {
+                return;
+            }
+            st.segments[&st.active].file.clone()
+        };
+        match file.sync_data().await {
+            Ok(()) => self.inner.state.borrow_mut().unsynced_since = None,
+            Err(e) => self.poison("fsync", &e),
+        }
+    }
+
+    fn poison(&self, op: &'static str, err: &io::Error) {
+        tracing::error!(
+            partition = self.inner.cfg.id,
+            "{op} failed: {err}; refusing writes from now on"
+        );
+        let mut st = self.inner.state.borrow_mut();
+        if st.poisoned.is_none() {
+            st.poisoned = Some((op, err.to_string()));
+        }
+    }
+
+    fn poisoned_error(&self) -> KvsError {
+        match &self.inner.state.borrow().poisoned {
+            Some((op, cause)) => KvsError::Poisoned {
+                op,
+                cause: cause.clone(),
+            },
+            None => KvsError::Closed,
+        }
+    }
+
+    /// Takes queued writes (up to a batch), writes them, syncs per policy, updates the index
+    /// and acknowledges.
+    async fn write_one_batch(&self) {
+        struct Op {
+            key: Bytes,
+            kind: RecordKind,
+            at: usize,
+            len: usize,
+            seq: u64,
+            value_len: u32,
+            reply: oneshot::Sender<Result<()>>,
+        }
+        if self.inner.state.borrow().poisoned.is_some() {
+            let err = self.poisoned_error();
+            for p in self.inner.queue.borrow_mut().drain(..) {
+                let _ = p.reply.send(Err(clone_err(&err)));
+            }
+            return;
+        }
+        // Rotate first if the next record would not fit and the active segment has records.
+        let first_len = {
+            let q = self.inner.queue.borrow();
+            let p = &q[0];
+            record::encoded_len(&p.key, p.value.as_deref().unwrap_or(&[]))
+        };
+        let needs_rotation = {
+            let st = self.inner.state.borrow();
+            st.tail > SEGMENT_HEADER_BYTES
+                && st.tail + first_len as u64 > self.inner.cfg.segment_bytes
+        };
+        if needs_rotation {
+            if let Err(e) = self.rotate().await {
+                let mut q = self.inner.queue.borrow_mut();
+                let p = q.pop_front().expect("queue was not empty");
+                let _ = p.reply.send(Err(e));
+                return;
+            }
+        }
+
+        let mut buf = Vec::new();
+        let mut ops: Vec<Op> = Vec::new();
+        {
+            let mut st = self.inner.state.borrow_mut();
+            let mut queue = self.inner.queue.borrow_mut();
+            // Whether each key in this batch exists after the batch's earlier operations.
+            let mut overlay: HashMap<Bytes, bool> = HashMap::new();
+            let room = self.inner.cfg.segment_bytes.saturating_sub(st.tail);
+            while let Some(p) = queue.pop_front() {
+                let value = p.value.as_deref().unwrap_or(&[]);
+                let len = record::encoded_len(&p.key, value);
+                if !ops.is_empty()
+                    && (buf.len() + len > WRITE_BATCH_BYTES_MAX || (buf.len() + len) as u64 > room)
+                {
+                    queue.push_front(p);
+                    break;
+                }
+                let kind = if p.value.is_some() {
+                    RecordKind::Put
+                } else {
+                    RecordKind::Delete
+                };
+                if kind == RecordKind::Delete {
+                    let exists = overlay
+                        .get(&p.key)
+                        .copied()
+                        .unwrap_or_else(|| st.index.contains(&p.key));
+                    if !exists {
+                        let _ = p.reply.send(Err(KvsError::KeyNotFound));
+                        continue;
+                    }
+                }
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                let at = buf.len();
+                record::encode(&mut buf, seq, kind, &p.key, value);
+                debug_assert_eq!(
+                    record::decode(&buf[at..]).map(|r| r.map(|r| r.len())),
+                    Ok(Some(len))
+                );
+                overlay.insert(p.key.clone(), kind == RecordKind::Put);
+                ops.push(Op {
+                    key: p.key,
+                    kind,
+                    at,
+                    len,
+                    seq,
+                    value_len: value.len() as u32,
+                    reply: p.reply,
+                });
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+
+        let (file, tail, active) = {
+            let st = self.inner.state.borrow();
+            (st.segments[&st.active].file.clone(), st.tail, st.active)
+        };
+        let batch_len = buf.len() as u64;
+        let result = match write_all(&*file, buf, tail).await {
+            Ok(_) => match self.inner.cfg.fsync {
+                FsyncPolicy::Always => file.sync_data().await.map_err(|e| ("fsync", e)),
+                _ => Ok(()),
+            },
+            Err(e) => Err(("write", e)),
+        };
+        if let Err((op, e)) = result {
+            let err = self.undo_failed_batch(&file, tail, op, e).await;
+            for o in ops {
+                let _ = o.reply.send(Err(clone_err(&err)));
+            }
+            return;
+        }
+
+        let mut st = self.inner.state.borrow_mut();
+        for o in &ops {
+            let offset = tail + o.at as u64;
+            let loc = Loc {
+                segment: active,
+                offset: offset as u32,
+                len: o.len as u32,
+            };
+            let old = match o.kind {
+                RecordKind::Put => st.index.insert(&o.key, loc),
+                RecordKind::Delete => st.index.remove(&o.key),
+            };
+            if let Some(old) = old {
+                if let Some(seg) = st.segments.get_mut(&old.segment) {
+                    seg.live -= u64::from(old.len);
+                }
+            }
+            if o.kind == RecordKind::Put {
+                st.segments.get_mut(&active).expect("active segment").live += o.len as u64;
+            }
+            st.active_hint.push(&HintEntry {
+                seq: o.seq,
+                kind: o.kind,
+                key: &o.key,
+                value_len: o.value_len,
+                offset,
+            });
+        }
+        st.tail = tail + batch_len;
+        st.segments.get_mut(&active).expect("active segment").len = st.tail;
+        if self.inner.cfg.fsync != FsyncPolicy::Always && st.unsynced_since.is_none() {
+            st.unsynced_since = Some(Instant::now());
+        }
+        drop(st);
+        for o in ops {
+            let _ = o.reply.send(Ok(()));
+        }
+        self.maybe_prepare_spare();
+        self.maybe_compact();
+    }
+
+    /// After a failed write or fsync: ENOSPC is undone (the partial batch cut off, so writes
+    /// work again once there is space); anything else poisons the partition.
+    async fn undo_failed_batch(
+        &self,
+        file: &D::File,
+        tail: u64,
+        op: &'static str,
+        e: io::Error,
+    ) -> KvsError {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            let undo = async {
+                file.set_len(tail).await?;
+                file.sync_data().await
+            };
+            match undo.await {
+                Ok(()) => {
+                    tracing::warn!(
+                        partition = self.inner.cfg.id,
+                        "disk full during {op}; batch cut off at offset {tail}"
+                    );
+                    return KvsError::DiskFull;
+                }
+                Err(undo_err) => {
+                    self.poison(op, &undo_err);
+                    return self.poisoned_error();
+                }
+            }
+        }
+        self.poison(op, &e);
+        self.poisoned_error()
+    }
+
+    /// Seals the active segment (cut to its records, synced, hint written) and makes a new one
+    /// active: the spare if one is ready, a fresh file otherwise.
+    async fn rotate(&self) -> Result<()> {
+        let dir = self.inner.cfg.dir.clone();
+        let disk = &self.inner.disk;
+        let (file, tail, active) = {
+            let st = self.inner.state.borrow();
+            (st.segments[&st.active].file.clone(), st.tail, st.active)
+        };
+        let sealed: Result<()> = async {
+            if file.len()? != tail {
+                file.set_len(tail).await?;
+            }
+            file.sync_data().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = sealed {
+            let io = match e {
+                KvsError::Io(io) => io,
+                other => io::Error::other(other.to_string()),
+            };
+            self.poison("fsync", &io);
+            return Err(self.poisoned_error());
+        }
+        self.inner.state.borrow_mut().unsynced_since = None;
+        let hint_bytes = std::mem::take(&mut self.inner.state.borrow_mut().active_hint)
+            .finish(u64::from(active), tail);
+        // A hint is an optimisation: failing to write one only slows the next open.
+        if let Err(e) = write_file(
+            disk,
+            &segment::hint_path(&dir, u64::from(active)),
+            hint_bytes,
+        )
+        .await
+        {
+            tracing::warn!(
+                partition = self.inner.cfg.id,
+                "could not write hint for segment {active}: {e}"
+            );
+        }
+
+        let id = {
+            let mut st = self.inner.state.borrow_mut();
+            let id = st.next_id;
+            st.next_id += 1;
+            to_u32(id, "segment id")?
+        };
+        let header = SegmentHeader {
+            origin: Origin::Log,
+            id: u64::from(id),
+            partition: self.inner.cfg.id,
+        };
+        let path = segment::segment_path(&dir, u64::from(id));
+        let spare = self.inner.state.borrow_mut().spare.take();
+        let new_file = match spare {
+            Some(spare) => {
+                let r: io::Result<()> = async {
+                    write_all(&*spare, header.encode().to_vec(), 0).await?;
+                    spare.sync_data().await?;
+                    disk.rename(&dir.join(SPARE_NAME), &path).await?;
+                    disk.sync_dir(&dir).await
+                }
+                .await;
+                r.map_err(KvsError::from_write)?;
+                spare
+            }
+            None => Rc::new(create_segment(disk, &dir, &path, header).await?),
+        };
+        let mut st = self.inner.state.borrow_mut();
+        st.segments.insert(
+            id,
+            Segment {
+                file: new_file,
+                len: SEGMENT_HEADER_BYTES,
+                live: 0,
+            },
+        );
+        st.active = id;
+        st.tail = SEGMENT_HEADER_BYTES;
+        Ok(())
+    }
+
+    /// Once the active segment is half full, zero-fills the next one in the background.
+    fn maybe_prepare_spare(&self) {
+        {
+            let mut st = self.inner.state.borrow_mut();
+            if !self.inner.cfg.preallocate
+                || st.spare.is_some()
+                || st.preparing_spare
+                || st.tail < self.inner.cfg.segment_bytes / 2
+                || self.inner.closing.get()
+            {
+                return;
+            }
+            st.preparing_spare = true;
+        }
+        let part = self.clone();
+        tokio::task::spawn_local(async move {
+            let path = part.inner.cfg.dir.join(SPARE_NAME);
+            let made = zero_filled(&part.inner.disk, &path, part.inner.cfg.segment_bytes).await;
+            let mut st = part.inner.state.borrow_mut();
+            st.preparing_spare = false;
+            match made {
+                Ok(f) => st.spare = Some(Rc::new(f)),
+                Err(e) => tracing::warn!(
+                    partition = part.inner.cfg.id,
+                    "could not preallocate a segment: {e}"
+                ),
+            }
+        });
+    }
+
+    // ---- compaction ------------------------------------------------------------------
+
+    fn compaction_due(&self) -> bool {
+        let st = self.inner.state.borrow();
+        if st.compacting
+            || st.compaction_disabled
+            || st.poisoned.is_some()
+            || self.inner.closing.get()
+        {
+            return false;
+        }
+        let sealed_dead: u64 = st
+            .segments
+            .iter()
+            .filter(|(id, _)| **id != st.active)
+            .map(|(_, s)| s.dead())
+            .sum();
+        let live: u64 = st.segments.values().map(|s| s.live).sum();
+        sealed_dead >= self.inner.cfg.compaction_min_dead_bytes
+            && sealed_dead as f64 >= live as f64 * self.inner.cfg.compaction_dead_ratio
+    }
+
+    fn maybe_compact(&self) {
+        if !self.inner.cfg.auto_compact || !self.compaction_due() {
+            return;
+        }
+        let part = self.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = part.compact().await {
+                tracing::error!(partition = part.inner.cfg.id, "compaction failed: {e}");
+            }
+        });
+    }
+
+    /// Rewrites the live records of every sealed segment into new segments, then deletes the
+    /// old ones. Reads and writes go on meanwhile. Returns false if there was nothing to do.
+    pub async fn compact(&self) -> Result<bool> {
+        let (inputs, mut live) = {
+            let mut st = self.inner.state.borrow_mut();
+            if st.compacting || st.poisoned.is_some() || st.compaction_disabled {
+                return Ok(false);
+            }
+            let inputs: BTreeSet<u32> = st
+                .segments
+                .keys()
+                .copied()
+                .filter(|id| *id != st.active)
+                .collect();
+            if inputs.is_empty() {
+                return Ok(false);
+            }
+            st.compacting = true;
+            let live = st.index.entries_in(&inputs);
+            (inputs, live)
+        };
+        let result = self.compact_inputs(&inputs, &mut live).await;
+        let mut st = self.inner.state.borrow_mut();
+        st.compacting = false;
+        match result {
+            Ok(()) => {
+                st.compactions += 1;
+                Ok(true)
+            }
+            Err((committed, e)) => {
+                if committed {
+                    st.compaction_disabled = true;
+                    if st.poisoned.is_none() {
+                        st.poisoned = Some(("compaction", e.to_string()));
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`Partition::compact`]. The error says whether the commit point was passed.
+    async fn compact_inputs(
+        &self,
+        inputs: &BTreeSet<u32>,
+        live: &mut [(Box<[u8]>, Loc)],
+    ) -> std::result::Result<(), (bool, KvsError)> {
+        let dir = self.inner.cfg.dir.clone();
+        let disk = &self.inner.disk;
+        live.sort_unstable_by_key(|(_, loc)| (loc.segment, loc.offset));
+        let mut outputs: Vec<(u32, D::File, u64, HintWriter)> = Vec::new();
+        let mut moved: Vec<(usize, Loc)> = Vec::with_capacity(live.len());
+        let mut out_buf: Vec<u8> = Vec::new();
+        let precommit = |e: KvsError| (false, e);
+
+        let cleanup = |outputs: &Vec<(u32, D::File, u64, HintWriter)>| {
+            let paths: Vec<PathBuf> = outputs
+                .iter()
+                .flat_map(|(id, ..)| {
+                    [
+                        segment::tmp_path(&segment::segment_path(&dir, u64::from(*id))),
+                        segment::tmp_path(&segment::hint_path(&dir, u64::from(*id))),
+                    ]
+                })
+                .collect();
+            async move {
+                for p in paths {
+                    let _ = disk.remove(&p).await;
+                }
+            }
+        };
+
+        let copy: Result<()> = async {
+            let mut i = 0;
+            while i < live.len() {
+                // A run of live records of one segment that fits one read.
+                let seg_id = live[i].1.segment;
+                let start = u64::from(live[i].1.offset);
+                let mut j = i;
+                while j < live.len()
+                    && live[j].1.segment == seg_id
+                    && u64::from(live[j].1.offset) + u64::from(live[j].1.len) - start
+                        <= SCAN_CHUNK_BYTES as u64
+                {
+                    j += 1;
+                }
+                let j = j.max(i + 1);
+                let end = u64::from(live[j - 1].1.offset) + u64::from(live[j - 1].1.len);
+                let file = self.inner.state.borrow().segments[&seg_id].file.clone();
+                let chunk = read_exact_at(&*file, start, (end - start) as usize).await?;
+                for (k, (key, loc)) in live.iter().enumerate().take(j).skip(i) {
+                    let at = (u64::from(loc.offset) - start) as usize;
+                    let bytes = &chunk[at..at + loc.len as usize];
+                    let rec = match record::decode(bytes) {
+                        Ok(Some(r)) if r.kind == RecordKind::Put && r.key == &key[..] => r,
+                        Ok(_) => {
+                            return Err(corrupt(
+                                &segment::segment_path(&dir, seg_id.into()),
+                                loc.offset.into(),
+                                "record does not match the index",
+                            ))
+                        }
+                        Err(e) => {
+                            return Err(corrupt(
+                                &segment::segment_path(&dir, seg_id.into()),
+                                loc.offset.into(),
+                                e.to_string(),
+                            ))
+                        }
+                    };
+                    let need_new = match outputs.last() {
+                        None => true,
+                        Some((_, _, used, _)) => {
+                            *used + (out_buf.len() + bytes.len()) as u64
+                                > self.inner.cfg.segment_bytes
+                                && *used + out_buf.len() as u64 > SEGMENT_HEADER_BYTES
+                        }
+                    };
+                    if need_new {
+                        self.flush_output(&mut outputs, &mut out_buf).await?;
+                        let id = {
+                            let mut st = self.inner.state.borrow_mut();
+                            let id = st.next_id;
+                            st.next_id += 1;
+                            to_u32(id, "segment id")?
+                        };
+                        let header = SegmentHeader {
+                            origin: Origin::Compaction,
+                            id: u64::from(id),
+                            partition: self.inner.cfg.id,
+                        };
+                        let path = segment::tmp_path(&segment::segment_path(&dir, u64::from(id)));
+                        let f = create_segment_file(disk, &path, header).await?;
+                        outputs.push((id, f, SEGMENT_HEADER_BYTES, HintWriter::default()));
+                    }
+                    let (out_id, _, used, hints) = outputs.last_mut().expect("an output segment");
+                    let offset = *used + out_buf.len() as u64;
+                    hints.push(&HintEntry {
+                        seq: rec.seq,
+                        kind: RecordKind::Put,
+                        key: rec.key,
+                        value_len: rec.value.len() as u32,
+                        offset,
+                    });
+                    moved.push((
+                        k,
+                        Loc {
+                            segment: *out_id,
+                            offset: offset as u32,
+                            len: loc.len,
+                        },
+                    ));
+                    out_buf.extend_from_slice(bytes);
+                    if out_buf.len() >= SCAN_CHUNK_BYTES {
+                        self.flush_output(&mut outputs, &mut out_buf).await?;
+                    }
+                }
+                i = j;
+            }
+            self.flush_output(&mut outputs, &mut out_buf).await?;
+            for (id, file, used, hints) in outputs.iter_mut() {
+                file.sync_data().await?;
+                let bytes = std::mem::take(hints).finish(u64::from(*id), *used);
+                write_file(
+                    disk,
+                    &segment::tmp_path(&segment::hint_path(&dir, u64::from(*id))),
+                    bytes,
+                )
+                .await?;
+            }
+            // The commit point: a durable manifest naming inputs and outputs.
+            let manifest = CompactionManifest {
+                inputs: inputs.iter().map(|&id| u64::from(id)).collect(),
+                outputs: outputs.iter().map(|(id, ..)| u64::from(*id)).collect(),
+            };
+            let mpath = dir.join(MANIFEST_NAME);
+            write_file(disk, &segment::tmp_path(&mpath), manifest.encode()).await?;
+            disk.rename(&segment::tmp_path(&mpath), &mpath).await?;
+            disk.sync_dir(&dir).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = copy {
+            cleanup(&outputs).await;
+            return Err(precommit(e));
+        }
+
+        // Past the commit point: every step below is redone by the next open if we crash.
+        let finish: Result<()> = async {
+            for (id, ..) in &outputs {
+                for path in [
+                    segment::segment_path(&dir, u64::from(*id)),
+                    segment::hint_path(&dir, u64::from(*id)),
+                ] {
+                    disk.rename(&segment::tmp_path(&path), &path).await?;
+                }
+            }
+            disk.sync_dir(&dir).await?;
+            {
+                let mut st = self.inner.state.borrow_mut();
+                for (id, file, used, _) in outputs.drain(..) {
+                    st.segments.insert(
+                        id,
+                        Segment {
+                            file: Rc::new(file),
+                            len: used,
+                            live: 0,
+                        },
+                    );
+                }
+                for (k, new) in &moved {
+                    let (key, old) = &live[*k];
+                    if st.index.replace_if(key, *old, *new) {
+                        st.segments
+                            .get_mut(&new.segment)
+                            .expect("output segment")
+                            .live += u64::from(new.len);
+                    }
+                }
+                for id in inputs {
+                    st.segments.remove(id);
+                }
+            }
+            for id in inputs {
+                for path in [
+                    segment::segment_path(&dir, u64::from(*id)),
+                    segment::hint_path(&dir, u64::from(*id)),
+                ] {
+                    remove_if_exists(disk, &path).await?;
+                }
+            }
+            disk.sync_dir(&dir).await?;
+            disk.remove(&dir.join(MANIFEST_NAME)).await?;
+            disk.sync_dir(&dir).await?;
+            Ok(())
+        }
+        .await;
+        finish.map_err(|e| (true, e))
+    }
+
+    async fn flush_output(
+        &self,
+        outputs: &mut [(u32, D::File, u64, HintWriter)],
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (_, file, used, _) = outputs.last_mut().expect("an output segment");
+        let data = std::mem::take(buf);
+        let n = data.len() as u64;
+        let mut data = write_all(file, data, *used)
+            .await
+            .map_err(KvsError::from_write)?;
+        *used += n;
+        data.clear();
+        *buf = data;
+        Ok(())
+    }
+}
+
+fn clone_err(e: &KvsError) -> KvsError {
+    match e {
+        KvsError::DiskFull => KvsError::DiskFull,
+        KvsError::Poisoned { op, cause } => KvsError::Poisoned {
+            op,
+            cause: cause.clone(),
+        },
+        KvsError::KeyNotFound => KvsError::KeyNotFound,
+        other => KvsError::Io(io::Error::other(other.to_string())),
+    }
+}
+
+async fn remove_if_exists<D: Disk>(disk: &D, path: &Path) -> io::Result<()> {
+    match disk.remove(path).await {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Writes a whole small file and syncs it.
+async fn write_file<D: Disk>(disk: &D, path: &Path, bytes: Vec<u8>) -> io::Result<()> {
+    let f = disk.open(path, true).await?;
+    f.set_len(0).await?;
+    write_all(&f, bytes, 0).await?;
+    f.sync_data().await
+}
+
+async fn create_segment_file<D: Disk>(
+    disk: &D,
+    path: &Path,
+    header: SegmentHeader,
+) -> Result<D::File> {
+    let f = disk.open(path, true).await?;
+    f.set_len(0).await?;
+    write_all(&f, header.encode().to_vec(), 0)
+        .await
+        .map_err(KvsError::from_write)?;
+    Ok(f)
+}
+
+/// Creates a segment durably: header written and synced, directory synced.
+async fn create_segment<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    path: &Path,
+    header: SegmentHeader,
+) -> Result<D::File> {
+    let made: Result<D::File> = async {
+        let f = create_segment_file(disk, path, header).await?;
+        f.sync_data().await.map_err(KvsError::from_write)?;
+        disk.sync_dir(dir).await?;
+        Ok(f)
+    }
+    .await;
+    if made.is_err() {
+        let _ = disk.remove(path).await;
+    }
+    made
+}
+
+async fn zero_filled<D: Disk>(disk: &D, path: &Path, len: u64) -> io::Result<D::File> {
+    let f = disk.open(path, true).await?;
+    f.set_len(0).await?;
+    let mut at = 0u64;
+    let mut zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    while at < len {
+        let n = (len - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        zeros.truncate(n);
+        match write_all(&f, zeros, at).await {
+            Ok(z) => zeros = z,
+            Err(e) => {
+                let _ = disk.remove(path).await;
+                return Err(e);
+            }
+        }
+        at += n as u64;
+    }
+    f.sync_data().await?;
+    Ok(f)
+}
+
+// ---- recovery ------------------------------------------------------------------------
+
+/// One record found while opening.
+struct Found {
+    seq: u64,
+    kind: RecordKind,
+    loc: Loc,
+}
+
+/// Rebuilds a partition's state from its directory: finishes an interrupted compaction,
+/// deletes temporary files, loads hints or scans segments, and cuts a torn tail of the active
+/// segment.
+async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::File>> {
+    let dir = &cfg.dir;
+    let mpath = dir.join(MANIFEST_NAME);
+    if let Ok(bytes) = std::fs::read(&mpath) {
+        let m = CompactionManifest::decode(&bytes).map_err(|r| corrupt(&mpath, 0, r))?;
+        tracing::info!(
+            partition = cfg.id,
+            "finishing an interrupted compaction of segments {:?}",
+            m.inputs
+        );
+        for id in &m.outputs {
+            for path in [
+                segment::segment_path(dir, *id),
+                segment::hint_path(dir, *id),
+            ] {
+                if std::fs::metadata(segment::tmp_path(&path)).is_ok() {
+                    disk.rename(&segment::tmp_path(&path), &path).await?;
+                }
+            }
+        }
+        disk.sync_dir(dir).await?;
+        for id in &m.inputs {
+            for path in [
+                segment::segment_path(dir, *id),
+                segment::hint_path(dir, *id),
+            ] {
+                remove_if_exists(disk, &path).await?;
+            }
+        }
+        disk.sync_dir(dir).await?;
+        disk.remove(&mpath).await?;
+        disk.sync_dir(dir).await?;
+    }
+
+    let mut seg_ids = Vec::new();
+    let mut hint_ids = BTreeSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match segment::classify(name) {
+            FileKind::Segment(id) => seg_ids.push(id),
+            FileKind::Hint(id) => {
+                hint_ids.insert(id);
+            }
+            FileKind::Temporary => remove_if_exists(disk, &entry.path()).await?,
+            FileKind::CompactionManifest | FileKind::Unknown => {}
+        }
+    }
+    seg_ids.sort_unstable();
+
+    let mut headers = Vec::with_capacity(seg_ids.len());
+    for &id in &seg_ids {
+        let path = segment::segment_path(dir, id);
+        let file = disk.open(&path, false).await?;
+        let head = read_exact_at(&file, 0, SEGMENT_HEADER_BYTES as usize)
+            .await
+            .map_err(|e| corrupt(&path, 0, format!("cannot read segment header: {e}")))?;
+        let header = SegmentHeader::decode(&head).map_err(|r| corrupt(&path, 0, r))?;
+        if header.id != id || header.partition != cfg.id {
+            return Err(corrupt(
+                &path,
+                0,
+                "segment header names another segment or partition",
+            ));
+        }
+        to_u32(id, "segment id")?;
+        headers.push((id as u32, header.origin, file));
+    }
+    // The active segment: the newest one the writer loop made. Only it may have a torn tail.
+    let active_id = headers
+        .iter()
+        .rev()
+        .find(|(_, o, _)| *o == Origin::Log)
+        .map(|(id, ..)| *id);
+
+    let mut found: HashMap<Box<[u8]>, Found> = HashMap::new();
+    let mut segments = BTreeMap::new();
+    let mut max_seq = 0u64;
+    let mut active_hint = HintWriter::default();
+    for (id, _origin, file) in headers {
+        let path = segment::segment_path(dir, u64::from(id));
+        let is_active = Some(id) == active_id;
+        let file_len = file.len()?;
+        let mut records: Vec<(u64, RecordKind, Vec<u8>, u64, u32)> = Vec::new();
+        let mut used_hint = false;
+        if hint_ids.contains(&u64::from(id)) && !is_active {
+            let hpath = segment::hint_path(dir, u64::from(id));
+            match std::fs::read(&hpath) {
+                Ok(bytes) => match hint::decode(&bytes, u64::from(id), file_len) {
+                    Ok(entries) => {
+                        for e in entries {
+                            records.push((
+                                e.seq,
+                                e.kind,
+                                e.key.to_vec(),
+                                e.offset,
+                                e.record_len() as u32,
+                            ));
+                        }
+                        used_hint = true;
+                    }
+                    Err(r) => tracing::warn!(
+                        partition = cfg.id,
+                        "ignoring hint {}: {r}; scanning the segment",
+                        hpath.display()
+                    ),
+                },
+                Err(e) => tracing::warn!(
+                    partition = cfg.id,
+                    "cannot read hint {}: {e}; scanning the segment",
+                    hpath.display()
+                ),
+            }
+        }
+        let mut end = file_len;
+        if !used_hint {
+            let scanned = scan_segment(
+                &file,
+                &path,
+                file_len,
+                is_active,
+                |seq, kind, key, offset, len| {
+                    records.push((seq, kind, key.to_vec(), offset, len));
+                },
+            )
+            .await?;
+            end = scanned.end;
+            if scanned.torn {
+                // Cut the garbage so that later appends are followed by nothing stale.
+                file.set_len(end).await?;
+                file.sync_data().await?;
+            }
+        }
+        if is_active {
+            if hint_ids.contains(&u64::from(id)) {
+                remove_if_exists(disk, &segment::hint_path(dir, u64::from(id))).await?;
+            }
+            for (seq, kind, key, offset, len) in &records {
+                let value_len = *len - (record::RECORD_HEADER_BYTES + key.len()) as u32;
+                active_hint.push(&HintEntry {
+                    seq: *seq,
+                    kind: *kind,
+                    key,
+                    value_len,
+                    offset: *offset,
+                });
+            }
+        }
+        for (seq, kind, key, offset, len) in records {
+            max_seq = max_seq.max(seq);
+            let loc = Loc {
+                segment: id,
+                offset: offset as u32,
+                len,
+            };
+            match found.get_mut(&key[..]) {
+                Some(f) if f.seq >= seq => {}
+                Some(f) => *f = Found { seq, kind, loc },
+                None => {
+                    found.insert(key.into_boxed_slice(), Found { seq, kind, loc });
+                }
+            }
+        }
+        segments.insert(
+            id,
+            Segment {
+                file: Rc::new(file),
+                len: end,
+                live: 0,
+            },
+        );
+    }
+
+    let mut index = Index::default();
+    for (key, f) in found {
+        if f.kind == RecordKind::Put {
+            segments
+                .get_mut(&f.loc.segment)
+                .expect("segment of a found record")
+                .live += u64::from(f.loc.len);
+            index.insert(&key, f.loc);
+        }
+    }
+    let mut next_id = seg_ids.last().map_or(1, |id| id + 1);
+    let (active, tail) = match active_id {
+        Some(id) => (id, segments[&id].len),
+        None => {
+            let id = to_u32(next_id, "segment id")?;
+            next_id += 1;
+            let header = SegmentHeader {
+                origin: Origin::Log,
+                id: u64::from(id),
+                partition: cfg.id,
+            };
+            let file = create_segment(
+                disk,
+                dir,
+                &segment::segment_path(dir, u64::from(id)),
+                header,
+            )
+            .await?;
+            segments.insert(
+                id,
+                Segment {
+                    file: Rc::new(file),
+                    len: SEGMENT_HEADER_BYTES,
+                    live: 0,
+                },
+            );
+            (id, SEGMENT_HEADER_BYTES)
+        }
+    };
+    Ok(State {
+        index,
+        segments,
+        active,
+        tail,
+        next_seq: max_seq + 1,
+        next_id,
+        active_hint,
+        poisoned: None,
+        compacting: false,
+        compaction_disabled: false,
+        compactions: 0,
+        spare: None,
+        preparing_spare: false,
+        unsynced_since: None,
+    })
+}
+
+/// Reads a segment's records in order, calling `each(seq, kind, key, offset, len)`, and
+/// returns where they end. In the active segment, an invalid region with no valid record after
+/// it is a torn tail: it is cut off (zero padding is kept). Anywhere else it is corruption.
+async fn scan_segment<F: DiskFile>(
+    file: &F,
+    path: &Path,
+    file_len: u64,
+    is_active: bool,
+    mut each: impl FnMut(u64, RecordKind, &[u8], u64, u32),
+) -> Result<ScanEnd> {
+    let mut pos = SEGMENT_HEADER_BYTES;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_at = pos;
+    let mut last_seq = 0u64;
+    let bad = loop {
+        if pos == file_len {
+            return Ok(ScanEnd {
+                end: pos,
+                torn: false,
+            });
+        }
+        let have = &buf[(pos - buf_at) as usize..];
+        match record::decode(have) {
+            Ok(Some(r)) => {
+                each(r.seq, r.kind, r.key, pos, r.len() as u32);
+                last_seq = last_seq.max(r.seq);
+                pos += r.len() as u64;
+            }
+            Ok(None) => {
+                let need = record::peek_len(have)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(record::RECORD_HEADER_BYTES);
+                if pos + need as u64 > file_len {
+                    break record::RecordError::BadLength {
+                        key_len: 0,
+                        value_len: 0,
+                    };
+                }
+                let want = ((file_len - pos) as usize).min(SCAN_CHUNK_BYTES.max(need));
+                buf = read_exact_at(file, pos, want).await?;
+                buf_at = pos;
+            }
+            Err(e) => break e,
+        }
+    };
+    // Look at everything after the last good record.
+    let rest = read_exact_at(file, pos, (file_len - pos) as usize).await?;
+    if rest.iter().all(|&b| b == 0) {
+        if is_active {
+            return Ok(ScanEnd {
+                end: pos,
+                torn: false,
+            });
+        }
+        return Err(corrupt(
+            path,
+            pos,
+            "sealed segment has zero-filled space after its records",
+        ));
+    }
+    if let Some(at) = find_valid_record(&rest, last_seq) {
+        return Err(corrupt(
+            path,
+            pos,
+            format!(
+                "{bad}; a valid record follows at offset {}",
+                pos + at as u64
+            ),
+        ));
+    }
+    if !is_active {
+        return Err(corrupt(path, pos, bad.to_string()));
+    }
+    tracing::warn!(
+        "cutting torn tail of {} at offset {pos} ({bad})",
+        path.display()
+    );
+    Ok(ScanEnd {
+        end: pos,
+        torn: true,
+    })
+}
+
+/// Where a scanned segment's records end, and whether garbage after them must be cut.
+struct ScanEnd {
+    end: u64,
+    torn: bool,
+}
+
+/// Looks for any checksummed record with a sequence number after `after_seq` in `bytes`.
+fn find_valid_record(bytes: &[u8], after_seq: u64) -> Option<usize> {
+    (1..bytes.len().saturating_sub(record::RECORD_HEADER_BYTES)).find(|&i| {
+        let b = &bytes[i..];
+        if !matches!(b[12], 1 | 2) {
+            return false;
+        }
+        matches!(record::decode(b), Ok(Some(r)) if r.seq > after_seq && r.len() <= RECORD_BYTES_MAX)
+    })
+}

@@ -1,0 +1,220 @@
+//! Test disks: [`StdDisk`] (plain synchronous std calls, deterministic) and [`FaultyDisk`],
+//! which wraps any disk and, at the N-th mutating operation, fails it (EIO or ENOSPC) or
+//! tears it (writes a prefix), then behaves like a crashed process: every later operation
+//! fails. Reopening the directory with a healthy disk then shows what a crash at that
+//! moment would have left.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::rc::Rc;
+
+use super::{Disk, DiskFile};
+
+/// Synchronous std file operations behind the async trait.
+#[derive(Clone, Copy, Default)]
+pub struct StdDisk;
+
+pub struct StdFile(File);
+
+impl DiskFile for StdFile {
+    async fn read_at(&self, mut buf: Vec<u8>, pos: u64) -> (io::Result<usize>, Vec<u8>) {
+        let start = buf.len();
+        buf.resize(buf.capacity(), 0);
+        let mut n = 0;
+        let res = loop {
+            match self.0.read_at(&mut buf[start + n..], pos + n as u64) {
+                Ok(0) => break Ok(n),
+                Ok(k) => {
+                    n += k;
+                    if start + n == buf.len() {
+                        break Ok(n);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        buf.truncate(start + n);
+        (res, buf)
+    }
+    async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
+        (self.0.write_all_at(&buf, pos), buf)
+    }
+    async fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    async fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl Disk for StdDisk {
+    type File = StdFile;
+    async fn open(&self, path: &Path, create: bool) -> io::Result<StdFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .mode(0o600)
+            .open(path)
+            .map(StdFile)
+    }
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// What happens at the chosen operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The operation fails with EIO; the process is then "dead".
+    Crash,
+    /// A write stores only its first half, then the process is "dead".
+    Tear,
+    /// The operation fails with ENOSPC; later operations work (space was freed).
+    NoSpace,
+}
+
+struct Plan {
+    ops: Cell<u64>,
+    at: u64,
+    fault: Fault,
+    dead: Cell<bool>,
+}
+
+/// Wraps a disk and injects one fault at the `at`-th mutating operation (1-based).
+#[derive(Clone)]
+pub struct FaultyDisk<D> {
+    inner: D,
+    plan: Rc<Plan>,
+}
+
+pub struct FaultyFile<F> {
+    inner: F,
+    plan: Rc<Plan>,
+}
+
+impl<D> FaultyDisk<D> {
+    pub fn new(inner: D, at: u64, fault: Fault) -> FaultyDisk<D> {
+        FaultyDisk {
+            inner,
+            plan: Rc::new(Plan {
+                ops: Cell::new(0),
+                at,
+                fault,
+                dead: Cell::new(false),
+            }),
+        }
+    }
+    /// Mutating operations seen so far.
+    pub fn ops(&self) -> u64 {
+        self.plan.ops.get()
+    }
+    /// Whether the injected crash has happened.
+    pub fn crashed(&self) -> bool {
+        self.plan.dead.get()
+    }
+}
+
+impl Plan {
+    /// Counts one mutating operation; says which fault (if any) applies to it.
+    fn step(&self) -> io::Result<Option<Fault>> {
+        if self.dead.get() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let n = self.ops.get() + 1;
+        self.ops.set(n);
+        if n != self.at {
+            return Ok(None);
+        }
+        match self.fault {
+            Fault::Crash => {
+                self.dead.set(true);
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            Fault::NoSpace => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Fault::Tear => {
+                self.dead.set(true);
+                Ok(Some(Fault::Tear))
+            }
+        }
+    }
+}
+
+impl<F: DiskFile> DiskFile for FaultyFile<F> {
+    async fn read_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<usize>, Vec<u8>) {
+        if self.plan.dead.get() {
+            return (Err(io::Error::from_raw_os_error(libc::EIO)), buf);
+        }
+        self.inner.read_at(buf, pos).await
+    }
+    async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
+        match self.plan.step() {
+            Err(e) => (Err(e), buf),
+            Ok(None) => self.inner.write_all_at(buf, pos).await,
+            Ok(Some(_tear)) => {
+                let half = buf[..buf.len() / 2].to_vec();
+                let _ = self.inner.write_all_at(half, pos).await;
+                (Err(io::Error::from_raw_os_error(libc::EIO)), buf)
+            }
+        }
+    }
+    async fn sync_data(&self) -> io::Result<()> {
+        match self.plan.step()? {
+            None => self.inner.sync_data().await,
+            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+    async fn set_len(&self, len: u64) -> io::Result<()> {
+        match self.plan.step()? {
+            None => self.inner.set_len(len).await,
+            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+impl<D: Disk> Disk for FaultyDisk<D> {
+    type File = FaultyFile<D::File>;
+    async fn open(&self, path: &Path, create: bool) -> io::Result<Self::File> {
+        if self.plan.dead.get() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(FaultyFile {
+            inner: self.inner.open(path, create).await?,
+            plan: self.plan.clone(),
+        })
+    }
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        match self.plan.step()? {
+            None => self.inner.rename(from, to).await,
+            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        match self.plan.step()? {
+            None => self.inner.remove(path).await,
+            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        match self.plan.step()? {
+            None => self.inner.sync_dir(dir).await,
+            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+}
