@@ -25,3 +25,4 @@ pub mod thread_pool;
 
 pub use engine::{KvsEngine, SledKvsEngine};
 pub use error::{KvsError, Result};
+pub use thread_pool::{NaiveThreadPool, RayonThreadPool, SharedQueueThreadPool, ThreadPool};

@@ -21,6 +21,12 @@ pub const SEGMENT_BYTES_MIN: u64 = 4096;
 /// Most bytes of records written by the writer loop in one batch.
 pub const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// Submission-queue entries per io_uring (one ring per worker thread). The probe builds a
+/// ring of this size too, so a RLIMIT_MEMLOCK too small for it is caught at start-up.
+pub const URING_ENTRIES: u32 = 256;
+/// Threads in the blocking backend's file-I/O pool unless configured otherwise.
+pub const FILE_IO_THREADS_DEFAULT: u32 = 4;
+
 /// Default cap on open client connections per server.
 pub const CONNECTIONS_MAX: usize = 16_384;
 /// Default idle timeout: a connection with no complete request for this long is closed.
@@ -43,3 +49,6 @@ const _: () = assert!(SEGMENT_BYTES_MIN as usize >= 64);
 const _: () = assert!(FRAME_BYTES_MAX > KEY_BYTES_MAX + VALUE_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT as usize > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);
 const _: () = assert!(WRITE_BATCH_BYTES_MAX <= SEGMENT_BYTES_DEFAULT as usize);
+// The kernel rounds ring sizes up to a power of two and refuses more than 32768 entries.
+const _: () = assert!(URING_ENTRIES.is_power_of_two() && URING_ENTRIES <= 32_768);
+const _: () = assert!(FILE_IO_THREADS_DEFAULT >= 1);

@@ -31,6 +31,18 @@ macro_rules! backend_tests {
                 super::run_local(super::$name(super::StdDisk, dir.path()));
             })*
         }
+        mod on_uring {
+            $(#[test]
+            fn $name() {
+                crate::io_backend::tests::run_on_uring(|d, p| async move { super::$name(d, &p).await });
+            })*
+        }
+        mod on_blocking {
+            $(#[test]
+            fn $name() {
+                crate::io_backend::tests::run_on_blocking(|d, p| async move { super::$name(d, &p).await });
+            })*
+        }
     };
 }
 

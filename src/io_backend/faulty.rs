@@ -21,7 +21,8 @@ pub struct StdFile(File);
 
 impl DiskFile for StdFile {
     async fn read_at(&self, mut buf: Vec<u8>, pos: u64) -> (io::Result<usize>, Vec<u8>) {
-        let start = buf.len();
+        let start = 0;
+        buf.clear();
         buf.resize(buf.capacity(), 0);
         let mut n = 0;
         let res = loop {

@@ -7,7 +7,8 @@
 //! server's `--io` flag forces it. The choice and its reason are logged by the caller.
 //!
 //! Buffers are owned (`Vec<u8>`) and handed back with the result, as io_uring requires: a
-//! read fills the vector's spare capacity and sets its length to the bytes read.
+//! read discards what the vector held, fills it up to its capacity and sets its length to
+//! the bytes read.
 //!
 //! Futures are not `Send`: a file belongs to the thread that owns its partition.
 
@@ -20,14 +21,24 @@ pub mod blocking;
 pub mod faulty;
 pub mod uring;
 
+pub use blocking::{BlockingDisk, BlockingFile};
+pub use uring::{UringDisk, UringFile};
+
+#[cfg(test)]
+pub(crate) mod tests;
+
 /// One open file: positional reads and writes, data sync, resize.
 #[expect(
     async_fn_in_trait,
     reason = "files are owned by one thread; the futures are deliberately not Send"
 )]
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a file's length is read to find where the log ends, never to test emptiness"
+)]
 pub trait DiskFile: 'static {
     /// Reads up to `buf.capacity()` bytes at `pos` into `buf` (whose length is set to the
-    /// bytes read; fewer only at end of file).
+    /// bytes read; fewer only at end of file). Whatever `buf` held before is discarded.
     fn read_at(&self, buf: Vec<u8>, pos: u64)
         -> impl Future<Output = (io::Result<usize>, Vec<u8>)>;
     /// Writes all of `buf` at `pos` (never O_APPEND).
