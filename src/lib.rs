@@ -23,6 +23,6 @@ pub mod io_backend;
 pub mod limits;
 pub mod thread_pool;
 
-pub use engine::{KvsEngine, SledKvsEngine};
+pub use engine::{KvStore, KvsEngine, SledKvsEngine};
 pub use error::{KvsError, Result};
 pub use thread_pool::{NaiveThreadPool, RayonThreadPool, SharedQueueThreadPool, ThreadPool};

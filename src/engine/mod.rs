@@ -17,13 +17,16 @@ pub mod meta;
 pub mod partition;
 mod record;
 mod segment;
+pub mod shard;
 mod sled_engine;
+mod store;
 #[cfg(test)]
 mod tests;
 
 pub use durability::FsyncPolicy;
 pub use partition::{Partition, PartitionConfig, PartitionStats};
 pub use sled_engine::SledKvsEngine;
+pub use store::{choose_backend, lock_dir, partition_dir, KvStore, StoreOptions};
 
 /// A key/value storage engine. Keys and values are bytes (binary-safe, empty value allowed).
 /// Handles are cheap to clone and usable from any thread of a multi-threaded tokio runtime.

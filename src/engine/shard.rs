@@ -1,0 +1,135 @@
+//! A shard: the partitions one thread owns, and the messages other threads send it.
+//!
+//! Invariant: a partition is in exactly one shard, and only that shard's thread touches it.
+//! Other threads reach it by sending a [`ShardMsg`] to the shard's inbox.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::partition::{Partition, PartitionConfig, PartitionStats};
+use crate::io_backend::Disk;
+use crate::{KvsError, Result};
+
+/// Which partition a key belongs to: crc32c of the key modulo the partition count. Stable
+/// across versions (it decides where data lives on disk).
+pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
+    crc32c::crc32c(key) % partitions
+}
+
+/// One engine operation.
+#[derive(Debug)]
+pub enum Op {
+    Get(Bytes),
+    Set(Bytes, Bytes),
+    Remove(Bytes),
+}
+
+impl Op {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Get(k) | Op::Set(k, _) | Op::Remove(k) => k,
+        }
+    }
+}
+
+/// The result of an [`Op`]: the value for a get, `None` otherwise.
+pub type OpResult = Result<Option<Bytes>>;
+
+/// What other threads send a shard.
+pub enum ShardMsg {
+    /// Operations, each with its partition and where to send its result.
+    Ops(Vec<(u32, Op, oneshot::Sender<OpResult>)>),
+    Stats(oneshot::Sender<Vec<PartitionStats>>),
+    Compact(oneshot::Sender<Result<()>>),
+    /// Close every partition (queued writes are finished and synced), then answer.
+    Close(oneshot::Sender<()>),
+}
+
+/// The partitions of one thread.
+pub struct Shard<D: Disk> {
+    partitions: BTreeMap<u32, Partition<D>>,
+}
+
+impl<D: Disk> Clone for Shard<D> {
+    fn clone(&self) -> Self {
+        Shard {
+            partitions: self.partitions.clone(),
+        }
+    }
+}
+
+impl<D: Disk> Shard<D> {
+    /// Opens the given partitions on the current thread, one after another.
+    pub async fn open(disk: &D, configs: Vec<PartitionConfig>) -> Result<Shard<D>> {
+        let mut partitions = BTreeMap::new();
+        for cfg in configs {
+            let id = cfg.id;
+            partitions.insert(id, Partition::open(disk.clone(), cfg).await?);
+        }
+        Ok(Shard { partitions })
+    }
+
+    pub fn owns(&self, partition: u32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    /// Runs one operation on a partition this shard owns.
+    pub async fn apply(&self, partition: u32, op: Op) -> OpResult {
+        let p = self.partitions.get(&partition).ok_or_else(|| {
+            KvsError::Config(format!("partition {partition} is not owned by this thread"))
+        })?;
+        match op {
+            Op::Get(k) => p.get(&k).await,
+            Op::Set(k, v) => p.set(k, v).await.map(|()| None),
+            Op::Remove(k) => p.remove(k).await.map(|()| None),
+        }
+    }
+
+    pub fn stats(&self) -> Vec<PartitionStats> {
+        self.partitions.values().map(Partition::stats).collect()
+    }
+
+    pub async fn compact(&self) -> Result<()> {
+        for p in self.partitions.values() {
+            p.compact().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        for p in self.partitions.values() {
+            p.close().await;
+        }
+    }
+
+    /// Serves messages from other threads until the inbox closes or a `Close` arrives. Each
+    /// operation runs as its own local task so a slow read does not hold up the others.
+    pub async fn serve(&self, mut inbox: mpsc::UnboundedReceiver<ShardMsg>) {
+        while let Some(msg) = inbox.recv().await {
+            match msg {
+                ShardMsg::Ops(ops) => {
+                    for (partition, op, reply) in ops {
+                        let shard = self.clone();
+                        tokio::task::spawn_local(async move {
+                            let _ = reply.send(shard.apply(partition, op).await);
+                        });
+                    }
+                }
+                ShardMsg::Stats(reply) => {
+                    let _ = reply.send(self.stats());
+                }
+                ShardMsg::Compact(reply) => {
+                    let _ = reply.send(self.compact().await);
+                }
+                ShardMsg::Close(reply) => {
+                    self.close().await;
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+        }
+        self.close().await;
+    }
+}

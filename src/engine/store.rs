@@ -1,0 +1,282 @@
+//! [`KvStore`]: kvs's engine as a library. A cheap, `Send + Sync` handle to partitions that
+//! live on a dedicated owner thread (a tokio-uring runtime, or a tokio current-thread runtime
+//! with the blocking file pool), so it works from any async program.
+//!
+//! Directory layout: `kvs.meta` (engine and partition count), `LOCK` (held while open, so a
+//! second process is refused), and `pNNNN/` per partition with its segments and hints.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::durability::FsyncPolicy;
+use super::meta::{self, EngineKind, StoreMeta};
+use super::partition::{PartitionConfig, PartitionStats};
+use super::shard::{partition_of, Op, OpResult, Shard, ShardMsg};
+use super::KvsEngine;
+use crate::io_backend::{
+    self, BackendChoice, BlockingDisk, Disk, IoBackendKind, IoChoice, UringDisk,
+};
+use crate::{KvsError, Result};
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Partitions for a new directory (an existing one keeps its own count).
+    pub partitions: u32,
+    pub fsync: FsyncPolicy,
+    /// The I/O backend; defaults to `KVS_IO` (or `auto`).
+    pub io: Option<IoChoice>,
+    pub segment_bytes: u64,
+    pub preallocate: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            partitions: 1,
+            fsync: FsyncPolicy::Always,
+            io: None,
+            segment_bytes: crate::limits::SEGMENT_BYTES_DEFAULT,
+            preallocate: true,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The configuration of partition `id` of the store in `dir`.
+    pub fn partition_config(&self, dir: &Path, id: u32) -> PartitionConfig {
+        let mut c = PartitionConfig::new(id, partition_dir(dir, id));
+        c.segment_bytes = self.segment_bytes;
+        c.fsync = self.fsync;
+        c.preallocate = self.preallocate;
+        c
+    }
+}
+
+pub fn partition_dir(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("p{id:04}"))
+}
+
+/// Takes the directory's lock file; a second process gets [`KvsError::Locked`].
+pub fn lock_dir(dir: &Path) -> Result<File> {
+    meta::create_dir_durable(dir)?;
+    let f = meta::owner_only()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(KvsError::Locked(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
+/// Decides the I/O backend from an explicit choice or `KVS_IO`.
+pub fn choose_backend(io: Option<IoChoice>) -> Result<BackendChoice> {
+    let choice = match io {
+        Some(c) => c,
+        None => IoChoice::from_env().map_err(KvsError::Config)?,
+    };
+    Ok(io_backend::choose(choice)?)
+}
+
+struct Shared {
+    inbox: mpsc::UnboundedSender<ShardMsg>,
+    partitions: u32,
+    backend: BackendChoice,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    _lock: File,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let (tx, _rx) = oneshot::channel();
+        let _ = self.inbox.send(ShardMsg::Close(tx));
+        if let Some(t) = self.thread.lock().expect("store thread lock").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// kvs's own engine. Clones share one store; the last one dropped closes it (queued writes
+/// finished and synced).
+#[derive(Clone)]
+pub struct KvStore {
+    shared: Arc<Shared>,
+}
+
+impl KvStore {
+    /// Opens (or creates) the store in `dir` with default options.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<KvStore> {
+        KvStore::open_with(dir, StoreOptions::default())
+    }
+
+    pub fn open_with(dir: impl Into<PathBuf>, opts: StoreOptions) -> Result<KvStore> {
+        let dir = dir.into();
+        let lock = lock_dir(&dir)?;
+        let meta = StoreMeta::load_or_create(
+            &dir,
+            StoreMeta {
+                engine: EngineKind::Kvs,
+                partitions: opts.partitions,
+            },
+        )?;
+        let backend = choose_backend(opts.io)?;
+        tracing::info!(backend = %backend.kind, reason = %backend.reason, "kvs store I/O backend");
+        let configs: Vec<_> = (0..meta.partitions)
+            .map(|id| opts.partition_config(&dir, id))
+            .collect();
+        let (inbox, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let kind = backend.kind;
+        let thread = std::thread::Builder::new()
+            .name("kvs-store".into())
+            .spawn(move || run_owner(kind, configs, rx, ready_tx))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(KvsError::Closed);
+            }
+        }
+        Ok(KvStore {
+            shared: Arc::new(Shared {
+                inbox,
+                partitions: meta.partitions,
+                backend,
+                thread: Mutex::new(Some(thread)),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The I/O backend in force and why it was chosen.
+    pub fn backend(&self) -> &BackendChoice {
+        &self.shared.backend
+    }
+
+    pub async fn stats(&self) -> Result<Vec<PartitionStats>> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .inbox
+            .send(ShardMsg::Stats(tx))
+            .map_err(|_| KvsError::Closed)?;
+        rx.await.map_err(|_| KvsError::Closed)
+    }
+
+    /// Compacts every partition now.
+    pub async fn compact(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .inbox
+            .send(ShardMsg::Compact(tx))
+            .map_err(|_| KvsError::Closed)?;
+        rx.await.map_err(|_| KvsError::Closed)?
+    }
+
+    async fn call(&self, op: Op) -> OpResult {
+        let partition = partition_of(op.key(), self.shared.partitions);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .inbox
+            .send(ShardMsg::Ops(vec![(partition, op, tx)]))
+            .map_err(|_| KvsError::Closed)?;
+        rx.await.map_err(|_| KvsError::Closed)?
+    }
+
+    /// [`KvsEngine::get`] for UTF-8 strings.
+    pub async fn get_string(&self, key: impl Into<String>) -> Result<Option<String>> {
+        let v = self.get(Bytes::from(key.into())).await?;
+        v.map(|b| {
+            String::from_utf8(b.to_vec())
+                .map_err(|_| KvsError::Protocol("value is not UTF-8".into()))
+        })
+        .transpose()
+    }
+
+    /// [`KvsEngine::set`] for strings.
+    pub async fn set_string(&self, key: impl Into<String>, value: impl Into<String>) -> Result<()> {
+        self.set(Bytes::from(key.into()), Bytes::from(value.into()))
+            .await
+    }
+
+    /// [`KvsEngine::remove`] for strings.
+    pub async fn remove_string(&self, key: impl Into<String>) -> Result<()> {
+        self.remove(Bytes::from(key.into())).await
+    }
+}
+
+impl KvsEngine for KvStore {
+    async fn set(&self, key: Bytes, value: Bytes) -> Result<()> {
+        self.call(Op::Set(key, value)).await.map(|_| ())
+    }
+    async fn get(&self, key: Bytes) -> Result<Option<Bytes>> {
+        self.call(Op::Get(key)).await
+    }
+    async fn remove(&self, key: Bytes) -> Result<()> {
+        self.call(Op::Remove(key)).await.map(|_| ())
+    }
+}
+
+/// The owner thread: a runtime of the chosen kind, the partitions, and the inbox loop.
+fn run_owner(
+    kind: IoBackendKind,
+    configs: Vec<PartitionConfig>,
+    rx: mpsc::UnboundedReceiver<ShardMsg>,
+    ready: std::sync::mpsc::Sender<Result<()>>,
+) {
+    match kind {
+        IoBackendKind::Uring => match io_backend::uring::runtime() {
+            Ok(rt) => rt.block_on(serve_owner(UringDisk, configs, rx, ready)),
+            Err(e) => {
+                let _ = ready.send(Err(e.into()));
+            }
+        },
+        IoBackendKind::Blocking => {
+            let built = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let (rt, disk) = match (built, BlockingDisk::new()) {
+                (Ok(rt), Ok(disk)) => (rt, disk),
+                (Err(e), _) => {
+                    let _ = ready.send(Err(e.into()));
+                    return;
+                }
+                (_, Err(e)) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            tokio::task::LocalSet::new()
+                .block_on(&rt, serve_owner(disk.clone(), configs, rx, ready));
+            disk.shutdown();
+        }
+    }
+}
+
+async fn serve_owner<D: Disk>(
+    disk: D,
+    configs: Vec<PartitionConfig>,
+    rx: mpsc::UnboundedReceiver<ShardMsg>,
+    ready: std::sync::mpsc::Sender<Result<()>>,
+) {
+    match Shard::open(&disk, configs).await {
+        Ok(shard) => {
+            let _ = ready.send(Ok(()));
+            shard.serve(rx).await;
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
+}
