@@ -23,13 +23,21 @@ pub mod uring;
     async_fn_in_trait,
     reason = "files are owned by one thread; the futures are deliberately not Send"
 )]
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "len is the file size, a fallible system call; callers never ask for emptiness"
+)]
 pub trait DiskFile: 'static {
     /// Reads up to `buf.capacity()` bytes at `pos` into `buf` (whose length is set to the
     /// bytes read; fewer only at end of file).
-    fn read_at(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = (io::Result<usize>, Vec<u8>)>;
+    fn read_at(&self, buf: Vec<u8>, pos: u64)
+        -> impl Future<Output = (io::Result<usize>, Vec<u8>)>;
     /// Writes all of `buf` at `pos` (never O_APPEND).
-    fn write_all_at(&self, buf: Vec<u8>, pos: u64)
-        -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
+    fn write_all_at(
+        &self,
+        buf: Vec<u8>,
+        pos: u64,
+    ) -> impl Future<Output = (io::Result<()>, Vec<u8>)>;
     /// fdatasync.
     async fn sync_data(&self) -> io::Result<()>;
     /// ftruncate.
@@ -91,7 +99,9 @@ impl std::str::FromStr for IoChoice {
             "auto" => Ok(IoChoice::Auto),
             "uring" => Ok(IoChoice::Uring),
             "blocking" => Ok(IoChoice::Blocking),
-            other => Err(format!("unknown I/O backend '{other}' (expected auto, uring or blocking)")),
+            other => Err(format!(
+                "unknown I/O backend '{other}' (expected auto, uring or blocking)"
+            )),
         }
     }
 }
@@ -137,7 +147,9 @@ pub fn choose(choice: IoChoice) -> io::Result<BackendChoice> {
             },
             Err(e) => BackendChoice {
                 kind: IoBackendKind::Blocking,
-                reason: format!("io_uring is unavailable ({e}); using epoll and a blocking file pool"),
+                reason: format!(
+                    "io_uring is unavailable ({e}); using epoll and a blocking file pool"
+                ),
             },
         }),
     }
