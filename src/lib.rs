@@ -14,6 +14,8 @@
 //!
 //! kvs is Linux-only; see `LINUX_ONLY.md`.
 
+#![deny(unsafe_code)]
+
 #[cfg(not(target_os = "linux"))]
 compile_error!("kvs builds on Linux only (io_uring, CPU pinning): see LINUX_ONLY.md");
 

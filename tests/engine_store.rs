@@ -14,7 +14,7 @@ fn backends() -> Vec<IoChoice> {
     let mut v = vec![IoChoice::Blocking];
     match kvs::io_backend::uring::probe() {
         Ok(()) => v.push(IoChoice::Uring),
-        Err(e) => eprintln!("SKIPPED uring half: io_uring is unavailable here: {e}"),
+        Err(e) => eprintln!("skipped: the uring half: io_uring is unavailable here: {e}"),
     }
     v
 }

@@ -23,7 +23,7 @@ where
     let rt = match uring::probe().and_then(|()| uring::runtime()) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("SKIPPED: io_uring is unavailable here: {e}");
+            eprintln!("skipped: io_uring is unavailable here: {e}");
             return;
         }
     };
