@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod io_backend;
 pub mod limits;
+pub mod protocol;
 pub mod thread_pool;
 
 pub use engine::{KvsEngine, SledKvsEngine};
