@@ -46,6 +46,7 @@ pub const PARTITIONS_MAX: u32 = 1024;
 
 const _: () = assert!(SEGMENT_BYTES_MIN as usize >= 64);
 const _: () = assert!(FRAME_BYTES_MAX > KEY_BYTES_MAX + VALUE_BYTES_MAX);
+const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(RESP_COMMAND_BYTES_MAX >= FRAME_BYTES_MAX + RESP_LINE_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT as usize > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);
 const _: () = assert!(WRITE_BATCH_BYTES_MAX <= SEGMENT_BYTES_DEFAULT as usize);
