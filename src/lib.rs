@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod io_backend;
 pub mod limits;
+pub mod protocol;
 pub mod thread_pool;
 
 pub use engine::{KvStore, KvsEngine, SledKvsEngine};
