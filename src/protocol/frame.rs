@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! client -> server   MAGIC (4) | version u16 LE | flags u16 LE (0)
-//! server -> client   MAGIC (4) | version u16 LE | status u16 LE (0 accepted, 1 not supported)
+//! server -> client   MAGIC (4) | version u16 LE | status u16 LE (0 accepted, 1 not supported, 2 busy)
 //! ```
 //!
 //! then carries frames, each a u32 LE body length followed by that many bytes of postcard.
@@ -50,6 +50,8 @@ pub enum HelloStatus {
     Accepted = 0,
     /// The server does not speak the client's version and closes after its hello.
     VersionNotSupported = 1,
+    /// The server is at its connection cap and closes after its hello.
+    Busy = 2,
 }
 
 impl HelloStatus {
@@ -105,6 +107,7 @@ pub fn decode_server_hello(buf: &[u8]) -> Result<Option<ServerHello>, ProtocolEr
     let status = match status {
         0 => HelloStatus::Accepted,
         1 => HelloStatus::VersionNotSupported,
+        2 => HelloStatus::Busy,
         status => return Err(ProtocolError::UnknownHelloStatus { status }),
     };
     Ok(Some(ServerHello { version, status }))
@@ -332,7 +335,7 @@ mod tests {
     #[test]
     fn server_hello_round_trips_with_both_statuses() {
         // Guards against a client misreading the server's verdict.
-        for status in [HelloStatus::Accepted, HelloStatus::VersionNotSupported] {
+        for status in [HelloStatus::Accepted, HelloStatus::VersionNotSupported, HelloStatus::Busy] {
             let mut out = Vec::new();
             encode_server_hello(status, &mut out);
             assert_eq!(out.len(), HELLO_BYTES);
@@ -398,10 +401,10 @@ mod tests {
     #[test]
     fn server_hello_with_unknown_status_is_rejected() {
         // Guards against a client treating an unknown verdict as acceptance.
-        let hello = [0xFB, b'K', b'V', b'S', 0x01, 0x00, 0x02, 0x00];
+        let hello = [0xFB, b'K', b'V', b'S', 0x01, 0x00, 0x03, 0x00];
         assert_eq!(
             decode_server_hello(&hello),
-            Err(ProtocolError::UnknownHelloStatus { status: 2 })
+            Err(ProtocolError::UnknownHelloStatus { status: 3 })
         );
     }
 
