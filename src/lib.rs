@@ -24,6 +24,7 @@ pub mod error;
 pub mod io_backend;
 pub mod limits;
 pub mod protocol;
+pub mod server;
 pub mod thread_pool;
 
 pub use engine::{KvStore, KvsEngine, SledKvsEngine};

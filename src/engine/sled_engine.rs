@@ -28,6 +28,15 @@ impl SledKvsEngine {
     pub fn new(db: sled::Db) -> SledKvsEngine {
         SledKvsEngine { db }
     }
+
+    /// Keys in the database.
+    pub fn len(&self) -> usize {
+        self.db.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.db.is_empty()
+    }
 }
 
 fn check_key(key: &[u8]) -> Result<()> {

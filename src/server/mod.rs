@@ -1,0 +1,267 @@
+//! The thread-per-core server behind `kvs-server`.
+//!
+//! Start-up: lock the data directory, read or record its engine and partition count, choose
+//! the I/O backend once, bind one SO_REUSEPORT listener per worker (refusing a port already in
+//! use), then start N pinned workers. Each owns the partitions `p` with `p % N == its index`.
+//! Shutdown (SIGINT/SIGTERM or [`RunningServer::shutdown`]): workers stop accepting and
+//! reading, answer what is in flight, then close their partitions (queued writes finished and
+//! fsynced), within `SHUTDOWN_GRACE_MS`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+pub mod net;
+pub mod resp;
+pub mod router;
+pub mod session;
+pub mod worker;
+
+use crate::engine::meta::{EngineKind, StoreMeta};
+use crate::engine::{FsyncPolicy, SledKvsEngine, StoreOptions};
+use crate::io_backend::{BackendChoice, IoChoice};
+use crate::limits::{CONNECTIONS_MAX, FRAME_TIMEOUT_MS, IDLE_TIMEOUT_MS, PARTITIONS_MAX, SHUTDOWN_GRACE_MS};
+use crate::{KvsError, Result};
+use session::SessionLimits;
+use worker::{EngineSetup, Phase, WorkerSetup};
+
+/// How to run a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    /// `None`: the engine already on disk, else kvs.
+    pub engine: Option<EngineKind>,
+    pub dir: PathBuf,
+    /// Worker threads.
+    pub cores: usize,
+    pub pin: bool,
+    pub io: IoChoice,
+    pub fsync: FsyncPolicy,
+    /// Partitions for a new directory (default: four per... see [`default_partitions`]).
+    pub partitions: Option<u32>,
+    pub segment_bytes: u64,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub frame_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(addr: SocketAddr, dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            addr,
+            engine: None,
+            dir,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin: true,
+            io: IoChoice::Auto,
+            fsync: FsyncPolicy::Always,
+            partitions: None,
+            segment_bytes: crate::limits::SEGMENT_BYTES_DEFAULT,
+            max_connections: CONNECTIONS_MAX,
+            idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS),
+            frame_timeout: Duration::from_millis(FRAME_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Partitions a new directory gets: at least four, and at least one per worker, so that a
+/// restart with more cores still spreads the keyspace.
+pub fn default_partitions(cores: usize) -> u32 {
+    (cores.max(4) as u32).min(PARTITIONS_MAX)
+}
+
+/// A started server.
+pub struct RunningServer {
+    addr: SocketAddr,
+    engine: EngineKind,
+    backend: BackendChoice,
+    partitions: u32,
+    phase: watch::Sender<Phase>,
+    drained: std::sync::mpsc::Receiver<usize>,
+    threads: Vec<JoinHandle<()>>,
+    _lock: std::fs::File,
+}
+
+impl RunningServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    pub fn engine(&self) -> EngineKind {
+        self.engine
+    }
+    pub fn backend(&self) -> &BackendChoice {
+        &self.backend
+    }
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// Graceful shutdown: stop accepting, answer what is in flight, close the partitions.
+    /// Returns once every worker has exited, or after the grace period.
+    pub fn shutdown(self) {
+        let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
+        let _ = self.phase.send(Phase::Drain);
+        let mut drained = 0;
+        while drained < self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.drained.recv_timeout(left) {
+                Ok(_) => drained += 1,
+                Err(_) => {
+                    tracing::warn!("{} worker(s) still had sessions at the shutdown deadline", self.threads.len() - drained);
+                    break;
+                }
+            }
+        }
+        let _ = self.phase.send(Phase::Close);
+        for t in self.threads {
+            // Closing partitions finishes queued writes; it is bounded by the disk, not by
+            // clients, so it is waited for.
+            let _ = t.join();
+        }
+        tracing::info!("shut down");
+    }
+}
+
+/// Starts a server and returns once every worker has opened its partitions and listens.
+pub fn start(config: ServerConfig) -> Result<RunningServer> {
+    if config.cores == 0 {
+        return Err(KvsError::Config("--cores must be at least 1".into()));
+    }
+    let lock = crate::engine::lock_dir(&config.dir)?;
+    let on_disk = StoreMeta::load(&config.dir)?;
+    let meta = match (on_disk, config.engine) {
+        (Some(m), Some(e)) if m.engine != e => {
+            return Err(KvsError::WrongEngine { on_disk: m.engine.name().into(), requested: e.name().into() })
+        }
+        (Some(m), _) => m,
+        (None, engine) => {
+            let m = StoreMeta {
+                engine: engine.unwrap_or(EngineKind::Kvs),
+                partitions: config.partitions.unwrap_or_else(|| default_partitions(config.cores)),
+            };
+            if m.partitions == 0 || m.partitions > PARTITIONS_MAX {
+                return Err(KvsError::Config(format!("partitions must be 1 to {PARTITIONS_MAX}")));
+            }
+            m.store(&config.dir)?;
+            m
+        }
+    };
+    let backend = crate::io_backend::choose(config.io)?;
+    let listeners = net::bind_shards(config.addr, config.cores)?;
+    let addr = listeners[0].local_addr()?;
+
+    let workers = config.cores;
+    let owner_of: Arc<[usize]> = (0..meta.partitions).map(|p| p as usize % workers).collect();
+    let sled = match meta.engine {
+        EngineKind::Sled => Some(SledKvsEngine::open(config.dir.join("sled"))?),
+        EngineKind::Kvs => None,
+    };
+    let opts = StoreOptions {
+        partitions: meta.partitions,
+        fsync: config.fsync,
+        io: Some(config.io),
+        segment_bytes: config.segment_bytes,
+        preallocate: true,
+    };
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+    let inboxes: Arc<[_]> = Arc::from(senders);
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (drained_tx, drained_rx) = std::sync::mpsc::channel();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let cores = if config.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    let limits = SessionLimits { idle_timeout: config.idle_timeout, frame_timeout: config.frame_timeout };
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+
+    let mut threads = Vec::with_capacity(workers);
+    for (index, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+        let engine = match &sled {
+            Some(db) => EngineSetup::Sled(db.clone()),
+            None => EngineSetup::Kvs {
+                partitions: (0..meta.partitions)
+                    .filter(|p| owner_of[*p as usize] == index)
+                    .map(|p| opts.partition_config(&config.dir, p))
+                    .collect(),
+                owner_of: owner_of.clone(),
+            },
+        };
+        let setup = WorkerSetup {
+            index,
+            core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
+            backend: backend.kind,
+            listener,
+            engine,
+            inbox,
+            inboxes: inboxes.clone(),
+            phase: phase_rx.clone(),
+            connections: connections.clone(),
+            max_connections: config.max_connections,
+            limits: limits.clone(),
+            ready: ready_tx.clone(),
+            drained: drained_tx.clone(),
+        };
+        threads.push(std::thread::Builder::new().name(format!("kvs-worker-{index}")).spawn(move || worker::run(setup))?);
+    }
+    drop(ready_tx);
+    let server = RunningServer {
+        addr,
+        engine: meta.engine,
+        backend,
+        partitions: meta.partitions,
+        phase: phase_tx,
+        drained: drained_rx,
+        threads,
+        _lock: lock,
+    };
+    let mut first_error = None;
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((i, Err(e))) => {
+                tracing::error!(worker = i, "worker failed to start: {e}");
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert(KvsError::Closed);
+                break;
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        server.shutdown();
+        return Err(e);
+    }
+    Ok(server)
+}
+
+/// Runs a server until SIGINT or SIGTERM, then shuts it down gracefully.
+pub fn run(config: ServerConfig) -> Result<()> {
+    let server = start(config)?;
+    tracing::info!(
+        addr = %server.local_addr(),
+        engine = server.engine().name(),
+        partitions = server.partitions(),
+        io_backend = %server.backend().kind,
+        io_reason = %server.backend().reason,
+        "listening on {}",
+        server.local_addr()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
+    server.shutdown();
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! The network side of a worker, behind two small traits so a worker is the same code on
+//! io_uring sockets (tokio-uring) and on epoll sockets (tokio).
+//!
+//! Buffers are owned and handed back. A read appends into the vector's spare capacity.
+//! In-flight io_uring operations are never dropped: to stop a read or an accept, the socket is
+//! shut down, which completes the operation.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+
+/// One accepted connection.
+#[expect(async_fn_in_trait, reason = "connections belong to one worker thread; futures are not Send")]
+pub trait NetStream: 'static {
+    /// Reads into `buf`'s spare capacity (appending); `Ok(0)` at end of stream.
+    async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// Writes all of `buf`.
+    async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+    /// Shuts down one or both directions; a pending read then completes.
+    fn shutdown(&self, how: Shutdown);
+}
+
+/// A listening socket.
+#[expect(async_fn_in_trait, reason = "listeners belong to one worker thread; futures are not Send")]
+pub trait NetListener: 'static {
+    type Stream: NetStream;
+    async fn accept(&self) -> io::Result<(Self::Stream, SocketAddr)>;
+    /// Makes a pending and every later `accept` fail.
+    fn stop(&self);
+}
+
+// ---- io_uring ----------------------------------------------------------------------------
+
+pub struct UringStream(tokio_uring::net::TcpStream);
+
+impl NetStream for UringStream {
+    async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.0.read(buf).await
+    }
+    async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        self.0.write_all(buf).await
+    }
+    fn shutdown(&self, how: Shutdown) {
+        let _ = self.0.shutdown(how);
+    }
+}
+
+pub struct UringListener {
+    inner: tokio_uring::net::TcpListener,
+    /// A duplicate of the listening descriptor, to shut it down.
+    control: std::net::TcpListener,
+}
+
+impl UringListener {
+    pub fn new(std: std::net::TcpListener) -> io::Result<UringListener> {
+        let control = std.try_clone()?;
+        Ok(UringListener { inner: tokio_uring::net::TcpListener::from_std(std), control })
+    }
+}
+
+impl NetListener for UringListener {
+    type Stream = UringStream;
+    async fn accept(&self) -> io::Result<(UringStream, SocketAddr)> {
+        let (s, addr) = self.inner.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok((UringStream(s), addr))
+    }
+    fn stop(&self) {
+        let _ = socket2::SockRef::from(&self.control).shutdown(Shutdown::Read);
+    }
+}
+
+// ---- epoll (tokio) -------------------------------------------------------------------------
+
+pub struct EpollStream(tokio::net::TcpStream);
+
+impl NetStream for EpollStream {
+    async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            if let Err(e) = self.0.readable().await {
+                return (Err(e), buf);
+            }
+            match self.0.try_read_buf(&mut buf) {
+                Ok(n) => return (Ok(n), buf),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+    }
+    async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let mut at = 0;
+        while at < buf.len() {
+            if let Err(e) = self.0.writable().await {
+                return (Err(e), buf);
+            }
+            match self.0.try_write(&buf[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+    fn shutdown(&self, how: Shutdown) {
+        let _ = socket2::SockRef::from(&self.0).shutdown(how);
+    }
+}
+
+pub struct EpollListener {
+    inner: tokio::net::TcpListener,
+    stopped: tokio::sync::Notify,
+    stopping: std::cell::Cell<bool>,
+}
+
+impl EpollListener {
+    pub fn new(std: std::net::TcpListener) -> io::Result<EpollListener> {
+        Ok(EpollListener {
+            inner: tokio::net::TcpListener::from_std(std)?,
+            stopped: tokio::sync::Notify::new(),
+            stopping: std::cell::Cell::new(false),
+        })
+    }
+}
+
+impl NetListener for EpollListener {
+    type Stream = EpollStream;
+    async fn accept(&self) -> io::Result<(EpollStream, SocketAddr)> {
+        if self.stopping.get() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "listener stopped"));
+        }
+        // tokio's accept is cancel-safe (readiness-based), so selecting on it loses nothing.
+        tokio::select! {
+            r = self.inner.accept() => {
+                let (s, addr) = r?;
+                let _ = s.set_nodelay(true);
+                Ok((EpollStream(s), addr))
+            }
+            _ = self.stopped.notified() => Err(io::Error::new(io::ErrorKind::Interrupted, "listener stopped")),
+        }
+    }
+    fn stop(&self) {
+        self.stopping.set(true);
+        self.stopped.notify_waiters();
+    }
+}
+
+// ---- binding -------------------------------------------------------------------------------
+
+/// Binds `count` listening sockets sharing `addr` through SO_REUSEPORT, one per worker.
+///
+/// SO_REUSEPORT would let a second server silently share a busy port, so the address is first
+/// bound by a probe socket without it: if anything listens there, that fails with
+/// EADDRINUSE and so does this function. Port 0 resolves to one ephemeral port for all.
+pub fn bind_shards(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let domain = Domain::for_address(addr);
+    let probe = Socket::new(domain, Type::STREAM, None)?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(e.kind(), format!("address {addr} is already in use"))
+        } else {
+            io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))
+        }
+    })?;
+    let bound = probe.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))?;
+    drop(probe);
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = Socket::new(domain, Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.set_cloexec(true)?;
+        s.bind(&bound.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot bind {bound}: {e}")))?;
+        s.listen(1024)?;
+        out.push(s.into());
+    }
+    Ok(out)
+}
