@@ -51,15 +51,19 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
     let mut config = ServerConfig::new(args.addr, args.dir);
-    config.engine = args.engine.map(|e| e.parse::<EngineKind>().expect("clap checked the value"));
+    config.engine = args
+        .engine
+        .map(|e| e.parse::<EngineKind>().expect("clap checked the value"));
     if let Some(c) = args.cores {
         config.cores = c;
     }

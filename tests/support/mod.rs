@@ -6,4 +6,6 @@
     reason = "each test crate compiles this module on its own and uses only some helpers"
 )]
 
+pub mod native;
 pub mod seccomp;
+pub mod server;
