@@ -45,6 +45,11 @@ pub const RESPONSE_BYTES_QUEUED_MAX: usize = 16 * 1024 * 1024;
 /// Time the server gives in-flight work on SIGTERM before it exits anyway.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 
+/// Default value cache of an embedded store, all partitions together.
+pub const STORE_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+/// Default value cache of a server, all partitions together.
+pub const SERVER_CACHE_BYTES_DEFAULT: usize = 1024 * 1024 * 1024;
+
 /// Default number of partitions a new data directory is created with by the server.
 pub const PARTITIONS_DEFAULT: u32 = 16;
 /// Most partitions a data directory may have.

@@ -39,6 +39,9 @@ struct Args {
     /// Segment size in bytes.
     #[arg(long, default_value_t = kvs::limits::SEGMENT_BYTES_DEFAULT)]
     segment_bytes: u64,
+    /// Bytes of values cached in memory for reads (all partitions together; 0 disables).
+    #[arg(long, default_value_t = kvs::limits::SERVER_CACHE_BYTES_DEFAULT)]
+    cache_bytes: usize,
     /// Connection cap; past it clients get an error and are closed.
     #[arg(long, default_value_t = kvs::limits::CONNECTIONS_MAX)]
     max_connections: usize,
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
     config.fsync = args.fsync;
     config.partitions = args.partitions;
     config.segment_bytes = args.segment_bytes;
+    config.cache_bytes = args.cache_bytes;
     config.max_connections = args.max_connections;
     config.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     tracing::info!(

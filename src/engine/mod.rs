@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::Result;
 
+mod cache;
 pub mod durability;
 mod hint;
 mod index;

@@ -22,6 +22,7 @@ use hashbrown::HashMap;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
+use super::cache::ValueCache;
 use super::durability::FsyncPolicy;
 use super::hint::{self, HintEntry, HintWriter};
 use super::index::{Index, Loc};
@@ -54,6 +55,8 @@ pub struct PartitionConfig {
     pub compaction_dead_ratio: f64,
     /// Run compaction automatically.
     pub auto_compact: bool,
+    /// Bytes of values kept in memory for reads (0: none).
+    pub cache_bytes: usize,
 }
 
 impl PartitionConfig {
@@ -67,6 +70,7 @@ impl PartitionConfig {
             compaction_min_dead_bytes: 4 * 1024 * 1024,
             compaction_dead_ratio: 0.5,
             auto_compact: true,
+            cache_bytes: 0,
         }
     }
 }
@@ -105,6 +109,7 @@ struct Pending {
 
 struct State<F> {
     index: Index,
+    cache: ValueCache,
     segments: BTreeMap<u32, Segment<F>>,
     active: u32,
     tail: u64,
@@ -223,13 +228,26 @@ impl<D: Disk> Partition<D> {
         self.inner.cfg.id
     }
 
-    /// The value of `key`, read from disk and checked.
+    /// The value of `key` if it can be had without I/O: `Some(None)` when the key is absent,
+    /// `Some(Some(v))` from the cache, `None` when it must be read from disk.
+    pub fn get_cached(&self, key: &[u8]) -> Option<Option<Bytes>> {
+        let st = self.inner.state.borrow();
+        if !st.index.contains(key) {
+            return Some(None);
+        }
+        st.cache.get(key).map(Some)
+    }
+
+    /// The value of `key`, from the cache or read from disk and checked.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         let (file, loc) = {
             let st = self.inner.state.borrow();
             let Some(loc) = st.index.get(key) else {
                 return Ok(None);
             };
+            if let Some(v) = st.cache.get(key) {
+                return Ok(Some(v));
+            }
             (st.segments[&loc.segment].file.clone(), loc)
         };
         let buf = read_exact_at(&*file, u64::from(loc.offset), loc.len as usize).await?;
@@ -257,9 +275,13 @@ impl<D: Disk> Partition<D> {
             }
             Err(e) => return Err(corrupt(&seg_path(), loc.offset.into(), e.to_string())),
         };
-        Ok(Some(
-            Bytes::from(buf).slice(value_start..value_start + value_len),
-        ))
+        let value = Bytes::from(buf).slice(value_start..value_start + value_len);
+        let mut st = self.inner.state.borrow_mut();
+        // Cache it only if the index still points at what was read (no write landed meanwhile).
+        if st.index.get(key) == Some(loc) {
+            st.cache.insert(key, &value);
+        }
+        Ok(Some(value))
     }
 
     pub async fn set(&self, key: Bytes, value: Bytes) -> Result<()> {
@@ -407,6 +429,7 @@ impl<D: Disk> Partition<D> {
     async fn write_one_batch(&self) {
         struct Op {
             key: Bytes,
+            value: Option<Bytes>,
             kind: RecordKind,
             at: usize,
             len: usize,
@@ -482,13 +505,15 @@ impl<D: Disk> Partition<D> {
                     Ok(Some(len))
                 );
                 overlay.insert(p.key.clone(), kind == RecordKind::Put);
+                let value_len = value.len() as u32;
                 ops.push(Op {
                     key: p.key,
+                    value: p.value,
                     kind,
                     at,
                     len,
                     seq,
-                    value_len: value.len() as u32,
+                    value_len,
                     reply: p.reply,
                 });
             }
@@ -525,9 +550,15 @@ impl<D: Disk> Partition<D> {
                 offset: offset as u32,
                 len: o.len as u32,
             };
-            let old = match o.kind {
-                RecordKind::Put => st.index.insert(&o.key, loc),
-                RecordKind::Delete => st.index.remove(&o.key),
+            let old = match &o.value {
+                Some(v) => {
+                    st.cache.insert(&o.key, v);
+                    st.index.insert(&o.key, loc)
+                }
+                None => {
+                    st.cache.remove(&o.key);
+                    st.index.remove(&o.key)
+                }
             };
             if let Some(old) = old {
                 if let Some(seg) = st.segments.get_mut(&old.segment) {
@@ -1306,6 +1337,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
     };
     Ok(State {
         index,
+        cache: ValueCache::new(cfg.cache_bytes),
         segments,
         active,
         tail,

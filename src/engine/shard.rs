@@ -87,6 +87,11 @@ impl<D: Disk> Shard<D> {
         }
     }
 
+    /// A get answered without I/O, when the partition can (see [`Partition::get_cached`]).
+    pub fn get_cached(&self, partition: u32, key: &[u8]) -> Option<Option<Bytes>> {
+        self.partitions.get(&partition)?.get_cached(key)
+    }
+
     pub fn stats(&self) -> Vec<PartitionStats> {
         self.partitions.values().map(Partition::stats).collect()
     }

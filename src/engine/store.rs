@@ -33,6 +33,8 @@ pub struct StoreOptions {
     pub io: Option<IoChoice>,
     pub segment_bytes: u64,
     pub preallocate: bool,
+    /// Bytes of values cached in memory, shared out among the partitions.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -43,17 +45,19 @@ impl Default for StoreOptions {
             io: None,
             segment_bytes: crate::limits::SEGMENT_BYTES_DEFAULT,
             preallocate: true,
+            cache_bytes: crate::limits::STORE_CACHE_BYTES_DEFAULT,
         }
     }
 }
 
 impl StoreOptions {
-    /// The configuration of partition `id` of the store in `dir`.
-    pub fn partition_config(&self, dir: &Path, id: u32) -> PartitionConfig {
+    /// The configuration of partition `id` of the store in `dir` (one of `partitions`).
+    pub fn partition_config(&self, dir: &Path, id: u32, partitions: u32) -> PartitionConfig {
         let mut c = PartitionConfig::new(id, partition_dir(dir, id));
         c.segment_bytes = self.segment_bytes;
         c.fsync = self.fsync;
         c.preallocate = self.preallocate;
+        c.cache_bytes = self.cache_bytes / partitions.max(1) as usize;
         c
     }
 }
@@ -130,7 +134,7 @@ impl KvStore {
         let backend = choose_backend(opts.io)?;
         tracing::info!(backend = %backend.kind, reason = %backend.reason, "kvs store I/O backend");
         let configs: Vec<_> = (0..meta.partitions)
-            .map(|id| opts.partition_config(&dir, id))
+            .map(|id| opts.partition_config(&dir, id, meta.partitions))
             .collect();
         let (inbox, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

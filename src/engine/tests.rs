@@ -62,6 +62,8 @@ fn cfg(dir: &Path) -> PartitionConfig {
     c.segment_bytes = 4096;
     c.compaction_min_dead_bytes = 4096;
     c.preallocate = true;
+    // Small enough to evict, so reads take both the cache and the disk path.
+    c.cache_bytes = 8 * 1024;
     c
 }
 

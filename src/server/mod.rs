@@ -47,6 +47,8 @@ pub struct ServerConfig {
     /// Partitions for a new directory (default: four per... see [`default_partitions`]).
     pub partitions: Option<u32>,
     pub segment_bytes: u64,
+    /// Bytes of values cached in memory, all partitions together.
+    pub cache_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub frame_timeout: Duration,
@@ -64,6 +66,7 @@ impl ServerConfig {
             fsync: FsyncPolicy::Always,
             partitions: None,
             segment_bytes: crate::limits::SEGMENT_BYTES_DEFAULT,
+            cache_bytes: crate::limits::SERVER_CACHE_BYTES_DEFAULT,
             max_connections: CONNECTIONS_MAX,
             idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS),
             frame_timeout: Duration::from_millis(FRAME_TIMEOUT_MS),
@@ -179,6 +182,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
         io: Some(config.io),
         segment_bytes: config.segment_bytes,
         preallocate: true,
+        cache_bytes: config.cache_bytes,
     };
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
@@ -205,7 +209,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
             None => EngineSetup::Kvs {
                 partitions: (0..meta.partitions)
                     .filter(|p| owner_of[*p as usize] == index)
-                    .map(|p| opts.partition_config(&config.dir, p))
+                    .map(|p| opts.partition_config(&config.dir, p, meta.partitions))
                     .collect(),
                 owner_of: owner_of.clone(),
             },

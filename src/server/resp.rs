@@ -110,6 +110,12 @@ impl Resp {
             },
             "echo" if argc == 2 => Slot::Ready(bulk(Some(&args[1]))),
             "get" if argc == 2 => {
+                if let Some(r) = store.get_now(&args[1]) {
+                    return Slot::Ready(match r {
+                        Ok(v) => bulk(v.as_deref()),
+                        Err(e) => engine_err(&e),
+                    });
+                }
                 let f = store.call(Op::Get(args[1].clone()));
                 task(async move {
                     match f.await {

@@ -21,6 +21,11 @@ pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 pub trait Store: Clone + 'static {
     /// Starts `op`. Operations for other workers are held until [`Store::flush`].
     fn call(&self, op: Op) -> LocalBoxFuture<OpResult>;
+    /// A get answered at once when it needs no I/O and no hop (a cache hit, or a key the local
+    /// index does not have); `None` means use [`Store::call`].
+    fn get_now(&self, _key: &[u8]) -> Option<OpResult> {
+        None
+    }
     /// Sends held operations to their owners: one message per owner.
     fn flush(&self);
     fn stats(&self) -> LocalBoxFuture<Result<StatsReport>>;
@@ -91,6 +96,14 @@ impl<D: Disk> Store for KvsRouter<D> {
         let (tx, rx) = oneshot::channel();
         self.inner.held.borrow_mut()[owner].push((partition, op, tx));
         Box::pin(async move { rx.await.unwrap_or(Err(KvsError::Closed)) })
+    }
+
+    fn get_now(&self, key: &[u8]) -> Option<OpResult> {
+        let partition = partition_of(key, self.inner.partitions);
+        if self.inner.owner_of[partition as usize] != self.inner.me {
+            return None;
+        }
+        self.inner.shard.get_cached(partition, key).map(Ok)
     }
 
     fn flush(&self) {

@@ -397,6 +397,16 @@ impl<S: Store> Dialect<S> for Native {
                 }))
             }
             Request::Get { key } => {
+                if let Some(r) = store.get_now(&key) {
+                    let response = match r {
+                        Ok(v) => Response::Value(v),
+                        Err(e) => error_response(&e),
+                    };
+                    return Step::Request {
+                        slot: Slot::Ready(encode(&response)),
+                        used,
+                    };
+                }
                 let f = store.call(Op::Get(key));
                 Slot::Task(tokio::task::spawn_local(async move {
                     encode(&match f.await {
