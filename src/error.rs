@@ -1,6 +1,7 @@
 //! The one library error type. Variants carry data; `Display` is a sentence a user can act on.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Everything that can go wrong in kvs.
@@ -62,6 +63,23 @@ pub enum KvsError {
     /// The server answered with an error.
     #[error("server error: {0}")]
     Server(String),
+
+    /// The client could not open a TCP connection to the server.
+    #[error("could not connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The server is at its connection cap and turned the connection away.
+    #[error("the server is busy: {0}")]
+    Busy(String),
+
+    /// The connection to the server closed, or can no longer be trusted to pair responses
+    /// with requests. The client refuses further requests on it; connect again.
+    #[error("connection to the server lost: {0}")]
+    ConnectionLost(String),
 
     /// The peer speaks another protocol version.
     #[error("protocol version mismatch: we speak {ours}, the peer speaks {theirs}")]

@@ -19,6 +19,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("kvs builds on Linux only (io_uring, CPU pinning): see LINUX_ONLY.md");
 
+pub mod client;
 pub mod engine;
 pub mod error;
 pub mod io_backend;
@@ -27,6 +28,7 @@ pub mod protocol;
 pub mod server;
 pub mod thread_pool;
 
+pub use client::KvsClient;
 pub use engine::{KvStore, KvsEngine, SledKvsEngine};
 pub use error::{KvsError, Result};
 pub use thread_pool::{NaiveThreadPool, RayonThreadPool, SharedQueueThreadPool, ThreadPool};

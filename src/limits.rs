@@ -42,6 +42,10 @@ pub const FRAME_TIMEOUT_MS: u64 = 10_000;
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 /// Bytes of responses one connection may have queued before the server stops reading from it.
 pub const RESPONSE_BYTES_QUEUED_MAX: usize = 16 * 1024 * 1024;
+/// Default time a client gives resolving the address, connecting and exchanging hellos.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default time a client waits for a response before it gives up on the connection.
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Time the server gives in-flight work on SIGTERM before it exits anyway.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 
