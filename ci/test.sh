@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What some tests need from outside (Redis's tools); idempotent and quick once installed.
+bash ci/install-deps.sh
+
 # In CI the lock file must already be up to date; locally cargo may refresh it.
 locked=()
 if [[ "${CI:-}" == "true" ]]; then
