@@ -67,7 +67,7 @@ impl PartitionConfig {
             segment_bytes: crate::limits::SEGMENT_BYTES_DEFAULT,
             fsync: FsyncPolicy::Always,
             preallocate: true,
-            compaction_min_dead_bytes: 4 * 1024 * 1024,
+            compaction_min_dead_bytes: crate::limits::SEGMENT_BYTES_DEFAULT,
             compaction_dead_ratio: 0.5,
             auto_compact: true,
             cache_bytes: 0,

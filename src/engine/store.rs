@@ -55,6 +55,8 @@ impl StoreOptions {
     pub fn partition_config(&self, dir: &Path, id: u32, partitions: u32) -> PartitionConfig {
         let mut c = PartitionConfig::new(id, partition_dir(dir, id));
         c.segment_bytes = self.segment_bytes;
+        // Compaction waits for at least a segment's worth of garbage.
+        c.compaction_min_dead_bytes = self.segment_bytes;
         c.fsync = self.fsync;
         c.preallocate = self.preallocate;
         c.cache_bytes = self.cache_bytes / partitions.max(1) as usize;

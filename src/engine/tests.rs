@@ -55,6 +55,7 @@ backend_tests!(
     flipped_bit_in_sealed_segment_is_never_served,
     flipped_bit_before_valid_records_refuses_open,
     interrupted_compaction_finishes_on_open,
+    overwrites_keep_disk_within_twice_live_data,
 );
 
 fn cfg(dir: &Path) -> PartitionConfig {
@@ -422,6 +423,41 @@ async fn interrupted_compaction_finishes_on_open<D: Disk>(disk: D, dir: &Path) {
     eprintln!(
         "compaction crash sweep: {total} operations, {finished_on_open} crashes finished on open"
     );
+}
+
+// Guards against compaction falling behind a pure-overwrite workload.
+async fn overwrites_keep_disk_within_twice_live_data<D: Disk>(disk: D, dir: &Path) {
+    let mut c = cfg(dir);
+    c.segment_bytes = 64 * 1024;
+    c.compaction_min_dead_bytes = c.segment_bytes;
+    let p = open(&disk, c).await;
+    let value = vec![b'v'; 1000];
+    let keys = 400; // ~410 KiB of live records
+    let mut worst = 0.0f64;
+    for round in 0..25u32 {
+        for k in 0..keys {
+            let mut v = value.clone();
+            v[..4].copy_from_slice(&round.to_le_bytes());
+            p.set(b(format!("key{k:04}")), Bytes::from(v))
+                .await
+                .unwrap();
+        }
+        // Let a compaction that was started run to completion before sampling.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        let live = p.stats().live_bytes as f64;
+        let on_disk: u64 = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name() != "spare.seg.tmp")
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        worst = worst.max(on_disk as f64 / live);
+    }
+    eprintln!("pure overwrites: worst disk/live ratio {worst:.2} (excluding the preallocated spare segment)");
+    assert!(worst <= 2.0, "disk use reached {worst:.2}x the live data");
+    p.close().await;
 }
 
 fn copy_dir(from: &Path, to: &Path) {
