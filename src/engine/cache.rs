@@ -55,7 +55,18 @@ impl ValueCache {
 
     /// Caches `value` as the value of `key` (replacing any entry), evicting as needed.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) {
-        self.remove(key);
+        if let Some(&slot) = self.by_key.get(key) {
+            // Overwrite in place when the new value fits the budget's rules; else drop it.
+            let old = self.slots[slot].value.len();
+            if key.len() + value.len() + ENTRY_OVERHEAD_BYTES <= self.budget / 8
+                && self.used - old + value.len() <= self.budget
+            {
+                self.slots[slot].value = Bytes::copy_from_slice(value);
+                self.used = self.used - old + value.len();
+                return;
+            }
+            self.remove(key);
+        }
         let entry = Entry {
             key: Bytes::copy_from_slice(key),
             value: Bytes::copy_from_slice(value),
