@@ -1038,24 +1038,37 @@ async fn create_segment_file<D: Disk>(
     Ok(f)
 }
 
-/// Creates a segment durably: header written and synced, directory synced.
+/// Creates a segment durably and atomically: its header is written and synced under
+/// `<id>.seg.tmp`, which is then renamed into place and the directory synced. A crash at any
+/// step leaves a temporary file (deleted at open) or a complete segment, never a segment
+/// without a valid header, which would make the next open refuse the directory. On failure
+/// the file is removed (best effort); ENOSPC anywhere is [`KvsError::DiskFull`].
 async fn create_segment<D: Disk>(
     disk: &D,
     dir: &Path,
     path: &Path,
     header: SegmentHeader,
 ) -> Result<D::File> {
-    let made: Result<D::File> = async {
-        let f = create_segment_file(disk, path, header).await?;
-        f.sync_data().await.map_err(KvsError::from_write)?;
+    let tmp = segment::tmp_path(path);
+    let mut renamed = false;
+    let made: io::Result<D::File> = async {
+        let f = disk.open(&tmp, true).await?;
+        f.set_len(0).await?;
+        write_all(&f, header.encode().to_vec(), 0).await?;
+        f.sync_data().await?;
+        disk.rename(&tmp, path).await?;
+        renamed = true;
         disk.sync_dir(dir).await?;
         Ok(f)
     }
     .await;
-    if made.is_err() {
-        let _ = disk.remove(path).await;
+    match made {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            let _ = disk.remove(if renamed { path } else { &tmp }).await;
+            Err(KvsError::from_write(e))
+        }
     }
-    made
 }
 
 async fn zero_filled<D: Disk>(disk: &D, path: &Path, len: u64) -> io::Result<D::File> {
