@@ -616,7 +616,15 @@ impl<D: Disk> Partition<D> {
             return Err(self.poisoned_error());
         }
         self.inner.state.borrow_mut().unsynced_since = None;
-        let hint_bytes = std::mem::take(&mut self.inner.state.borrow_mut().active_hint)
+        // The entries stay until the new segment is active: if making it fails, the writer
+        // keeps appending here or retries the rotation, and the retry must write the same
+        // complete hint. An empty hint checks out and would hide every record of the segment.
+        let hint_bytes = self
+            .inner
+            .state
+            .borrow()
+            .active_hint
+            .clone()
             .finish(u64::from(active), tail);
         // A hint is an optimisation: failing to write one only slows the next open.
         if let Err(e) = write_file(
@@ -670,6 +678,7 @@ impl<D: Disk> Partition<D> {
         );
         st.active = id;
         st.tail = SEGMENT_HEADER_BYTES;
+        st.active_hint = HintWriter::default();
         Ok(())
     }
 
