@@ -653,19 +653,28 @@ impl<D: Disk> Partition<D> {
         };
         let path = segment::segment_path(&dir, u64::from(id));
         let spare = self.inner.state.borrow_mut().spare.take();
-        let new_file = match spare {
+        let made = match spare {
             Some(spare) => {
-                let r: io::Result<()> = async {
-                    write_all(&*spare, header.encode().to_vec(), 0).await?;
-                    spare.sync_data().await?;
-                    disk.rename(&dir.join(SPARE_NAME), &path).await?;
-                    disk.sync_dir(&dir).await
-                }
-                .await;
-                r.map_err(KvsError::from_write)?;
-                spare
+                install_segment(disk, &dir, &spare, &dir.join(SPARE_NAME), &path, header)
+                    .await
+                    .map(|()| spare)
+                    .map_err(|(e, stranded)| (KvsError::from_write(e), stranded))
             }
-            None => Rc::new(create_segment(disk, &dir, &path, header).await?),
+            None => create_segment(disk, &dir, &path, header).await.map(Rc::new),
+        };
+        let new_file = match made {
+            Ok(f) => f,
+            Err((e, false)) => return Err(e),
+            Err((e, true)) => {
+                // Once a retry makes a newer segment, the next open would take this one for
+                // a sealed segment (full of zeros, if it was the spare) and refuse the store.
+                let cause = io::Error::other(format!(
+                    "{e}; the half-made segment {} could not be removed either",
+                    path.display()
+                ));
+                self.poison("segment creation", &cause);
+                return Err(self.poisoned_error());
+            }
         };
         let mut st = self.inner.state.borrow_mut();
         st.segments.insert(
@@ -1047,37 +1056,62 @@ async fn create_segment_file<D: Disk>(
     Ok(f)
 }
 
-/// Creates a segment durably and atomically: its header is written and synced under
-/// `<id>.seg.tmp`, which is then renamed into place and the directory synced. A crash at any
-/// step leaves a temporary file (deleted at open) or a complete segment, never a segment
-/// without a valid header, which would make the next open refuse the directory. On failure
-/// the file is removed (best effort); ENOSPC anywhere is [`KvsError::DiskFull`].
+/// Puts a prepared segment file in place: writes and syncs its header, renames it from
+/// `from` (a temporary name) to `to`, and syncs the directory. A crash at any step leaves a
+/// temporary file (deleted at open) or a complete segment, never a segment without a valid
+/// header. On failure it removes what it left: the file under `to` if the rename happened,
+/// else the one under `from`. The error says whether a file is stranded under `to` because
+/// that removal failed too.
+async fn install_segment<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    file: &D::File,
+    from: &Path,
+    to: &Path,
+    header: SegmentHeader,
+) -> std::result::Result<(), (io::Error, bool)> {
+    let mut renamed = false;
+    let installed: io::Result<()> = async {
+        write_all(file, header.encode().to_vec(), 0).await?;
+        file.sync_data().await?;
+        disk.rename(from, to).await?;
+        renamed = true;
+        disk.sync_dir(dir).await
+    }
+    .await;
+    let Err(e) = installed else {
+        return Ok(());
+    };
+    let removed = remove_if_exists(disk, if renamed { to } else { from }).await;
+    Err((e, renamed && removed.is_err()))
+}
+
+/// Creates a segment durably and atomically under `path` (see [`install_segment`]), starting
+/// from an empty `<id>.seg.tmp`. ENOSPC anywhere is [`KvsError::DiskFull`]; the error says
+/// whether a file is stranded under `path`.
 async fn create_segment<D: Disk>(
     disk: &D,
     dir: &Path,
     path: &Path,
     header: SegmentHeader,
-) -> Result<D::File> {
+) -> std::result::Result<D::File, (KvsError, bool)> {
     let tmp = segment::tmp_path(path);
-    let mut renamed = false;
-    let made: io::Result<D::File> = async {
+    let opened: io::Result<D::File> = async {
         let f = disk.open(&tmp, true).await?;
         f.set_len(0).await?;
-        write_all(&f, header.encode().to_vec(), 0).await?;
-        f.sync_data().await?;
-        disk.rename(&tmp, path).await?;
-        renamed = true;
-        disk.sync_dir(dir).await?;
         Ok(f)
     }
     .await;
-    match made {
-        Ok(f) => Ok(f),
+    let result = match opened {
+        Ok(f) => install_segment(disk, dir, &f, &tmp, path, header)
+            .await
+            .map(|()| f),
         Err(e) => {
-            let _ = disk.remove(if renamed { path } else { &tmp }).await;
-            Err(KvsError::from_write(e))
+            let _ = disk.remove(&tmp).await;
+            Err((e, false))
         }
-    }
+    };
+    result.map_err(|(e, stranded)| (KvsError::from_write(e), stranded))
 }
 
 async fn zero_filled<D: Disk>(disk: &D, path: &Path, len: u64) -> io::Result<D::File> {
@@ -1314,7 +1348,8 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
                 &segment::segment_path(dir, u64::from(id)),
                 header,
             )
-            .await?;
+            .await
+            .map_err(|(e, _)| e)?;
             segments.insert(
                 id,
                 Segment {
