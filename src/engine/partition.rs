@@ -599,20 +599,21 @@ impl<D: Disk> Partition<D> {
             let st = self.inner.state.borrow();
             (st.segments[&st.active].file.clone(), st.tail, st.active)
         };
-        let sealed: Result<()> = async {
-            if file.len()? != tail {
-                file.set_len(tail).await?;
+        // Cut the preallocated zeros. A failed cut changes nothing the log depends on, so a
+        // full disk (some filesystems need space even to shrink a file) is DiskFull.
+        if file.len()? != tail {
+            if let Err(e) = file.set_len(tail).await {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    return Err(KvsError::DiskFull);
+                }
+                self.poison("truncate", &e);
+                return Err(self.poisoned_error());
             }
-            file.sync_data().await?;
-            Ok(())
         }
-        .await;
-        if let Err(e) = sealed {
-            let io = match e {
-                KvsError::Io(io) => io,
-                other => io::Error::other(other.to_string()),
-            };
-            self.poison("fsync", &io);
+        // Under the interval and never policies this fdatasync may be the first of
+        // acknowledged data, so a failure refuses writes like any failed fsync.
+        if let Err(e) = file.sync_data().await {
+            self.poison("fsync", &e);
             return Err(self.poisoned_error());
         }
         self.inner.state.borrow_mut().unsynced_since = None;
