@@ -130,6 +130,8 @@ struct Inner<D: Disk> {
     wake_writer: Notify,
     closing: Cell<bool>,
     writer_done: RefCell<Option<oneshot::Receiver<()>>>,
+    /// Resolves when the newest preallocation task has finished.
+    spare_done: RefCell<Option<oneshot::Receiver<()>>>,
 }
 
 /// A handle to a partition; clones share it. Not `Send`: it lives on its owner thread.
@@ -207,6 +209,7 @@ impl<D: Disk> Partition<D> {
                 wake_writer: Notify::new(),
                 closing: Cell::new(false),
                 writer_done: RefCell::new(Some(done_rx)),
+                spare_done: RefCell::new(None),
             }),
         };
         let writer = part.clone();
@@ -324,12 +327,20 @@ impl<D: Disk> Partition<D> {
             .map(|(op, c)| format!("failed {op}: {c}"))
     }
 
-    /// Stops taking writes, lets the writer finish what is queued, and syncs the log.
+    /// Stops taking writes, lets the writer finish what is queued, syncs the log, and waits
+    /// for a segment being preallocated, so that nothing writes the log once it returns and
+    /// the directory can be reopened in this process. A compaction in progress goes on (it
+    /// is safe to stop at any step).
     pub async fn close(&self) {
         self.inner.closing.set(true);
         self.inner.wake_writer.notify_one();
         let rx = self.inner.writer_done.borrow_mut().take();
         if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+        // No new preallocation starts once `closing` is set.
+        let spare = self.inner.spare_done.borrow_mut().take();
+        if let Some(rx) = spare {
             let _ = rx.await;
         }
     }
@@ -707,18 +718,23 @@ impl<D: Disk> Partition<D> {
             st.preparing_spare = true;
         }
         let part = self.clone();
+        let (done_tx, done_rx) = oneshot::channel();
+        *self.inner.spare_done.borrow_mut() = Some(done_rx);
         tokio::task::spawn_local(async move {
             let path = part.inner.cfg.dir.join(SPARE_NAME);
             let made = zero_filled(&part.inner.disk, &path, part.inner.cfg.segment_bytes).await;
-            let mut st = part.inner.state.borrow_mut();
-            st.preparing_spare = false;
-            match made {
-                Ok(f) => st.spare = Some(Rc::new(f)),
-                Err(e) => tracing::warn!(
-                    partition = part.inner.cfg.id,
-                    "could not preallocate a segment: {e}"
-                ),
+            {
+                let mut st = part.inner.state.borrow_mut();
+                st.preparing_spare = false;
+                match made {
+                    Ok(f) => st.spare = Some(Rc::new(f)),
+                    Err(e) => tracing::warn!(
+                        partition = part.inner.cfg.id,
+                        "could not preallocate a segment: {e}"
+                    ),
+                }
             }
+            let _ = done_tx.send(());
         });
     }
 
