@@ -10,6 +10,8 @@ use bytes::Bytes;
 use crate::Result;
 
 pub mod durability;
+#[cfg(test)]
+mod format_doc;
 mod hint;
 mod index;
 mod manifest;
