@@ -92,7 +92,7 @@ enum Op {
 fn op(i: u64) -> Op {
     let h = mix(i);
     let key = format!("key{:03}", h % KEYS).into_bytes();
-    if (h >> 16) % 5 == 0 {
+    if (h >> 16).is_multiple_of(5) {
         return Op::Remove(key);
     }
     // The value names its operation, then bytes of every kind (binary-safe values).

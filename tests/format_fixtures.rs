@@ -146,8 +146,7 @@ fn copy_store(from: &Path, to: &Path) {
 fn active_segment(store: &Path) -> PathBuf {
     files(store)
         .into_iter()
-        .filter(|f| f.extension().is_some_and(|x| x == "seg"))
-        .next_back()
+        .rfind(|f| f.extension().is_some_and(|x| x == "seg"))
         .map(|f| store.join(f))
         .unwrap()
 }
@@ -444,6 +443,7 @@ fn partition_function_is_pinned() {
         (b"user:42", 16, 13),
         (b"", 16, 0),
         (b"key-00", 1, 0),
+        (b"key-00", 1024, 836),
         (b"user:42", 1024, 237),
     ] {
         assert_eq!(
