@@ -32,7 +32,7 @@ impl HintEntry<'_> {
 }
 
 /// Builds a hint file's bytes entry by entry.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct HintWriter {
     body: Vec<u8>,
     count: u32,

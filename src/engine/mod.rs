@@ -11,6 +11,8 @@ use crate::Result;
 
 mod cache;
 pub mod durability;
+#[cfg(test)]
+mod format_doc;
 mod hint;
 mod index;
 mod manifest;

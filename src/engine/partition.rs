@@ -135,6 +135,8 @@ struct Inner<D: Disk> {
     wake_writer: Notify,
     closing: Cell<bool>,
     writer_done: RefCell<Option<oneshot::Receiver<()>>>,
+    /// Resolves when the newest preallocation task has finished.
+    spare_done: RefCell<Option<oneshot::Receiver<()>>>,
 }
 
 /// A handle to a partition; clones share it. Not `Send`: it lives on its owner thread.
@@ -212,6 +214,7 @@ impl<D: Disk> Partition<D> {
                 wake_writer: Notify::new(),
                 closing: Cell::new(false),
                 writer_done: RefCell::new(Some(done_rx)),
+                spare_done: RefCell::new(None),
             }),
         };
         let writer = part.clone();
@@ -351,12 +354,20 @@ impl<D: Disk> Partition<D> {
             .map(|(op, c)| format!("failed {op}: {c}"))
     }
 
-    /// Stops taking writes, lets the writer finish what is queued, and syncs the log.
+    /// Stops taking writes, lets the writer finish what is queued, syncs the log, and waits
+    /// for a segment being preallocated, so that nothing writes the log once it returns and
+    /// the directory can be reopened in this process. A compaction in progress goes on (it
+    /// is safe to stop at any step).
     pub async fn close(&self) {
         self.inner.closing.set(true);
         self.inner.wake_writer.notify_one();
         let rx = self.inner.writer_done.borrow_mut().take();
         if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+        // No new preallocation starts once `closing` is set.
+        let spare = self.inner.spare_done.borrow_mut().take();
+        if let Some(rx) = spare {
             let _ = rx.await;
         }
     }
@@ -635,24 +646,33 @@ impl<D: Disk> Partition<D> {
             let st = self.inner.state.borrow();
             (st.segments[&st.active].file.clone(), st.tail, st.active)
         };
-        let sealed: Result<()> = async {
-            if file.len()? != tail {
-                file.set_len(tail).await?;
+        // Cut the preallocated zeros. A failed cut changes nothing the log depends on, so a
+        // full disk (some filesystems need space even to shrink a file) is DiskFull.
+        if file.len()? != tail {
+            if let Err(e) = file.set_len(tail).await {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    return Err(KvsError::DiskFull);
+                }
+                self.poison("truncate", &e);
+                return Err(self.poisoned_error());
             }
-            file.sync_data().await?;
-            Ok(())
         }
-        .await;
-        if let Err(e) = sealed {
-            let io = match e {
-                KvsError::Io(io) => io,
-                other => io::Error::other(other.to_string()),
-            };
-            self.poison("fsync", &io);
+        // Under the interval and never policies this fdatasync may be the first of
+        // acknowledged data, so a failure refuses writes like any failed fsync.
+        if let Err(e) = file.sync_data().await {
+            self.poison("fsync", &e);
             return Err(self.poisoned_error());
         }
         self.inner.state.borrow_mut().unsynced_since = None;
-        let hint_bytes = std::mem::take(&mut self.inner.state.borrow_mut().active_hint)
+        // The entries stay until the new segment is active: if making it fails, the writer
+        // keeps appending here or retries the rotation, and the retry must write the same
+        // complete hint. An empty hint checks out and would hide every record of the segment.
+        let hint_bytes = self
+            .inner
+            .state
+            .borrow()
+            .active_hint
+            .clone()
             .finish(u64::from(active), tail);
         // A hint is an optimisation: failing to write one only slows the next open.
         if let Err(e) = write_file(
@@ -681,19 +701,28 @@ impl<D: Disk> Partition<D> {
         };
         let path = segment::segment_path(&dir, u64::from(id));
         let spare = self.inner.state.borrow_mut().spare.take();
-        let new_file = match spare {
+        let made = match spare {
             Some(spare) => {
-                let r: io::Result<()> = async {
-                    write_all(&*spare, header.encode().to_vec(), 0).await?;
-                    spare.sync_data().await?;
-                    disk.rename(&dir.join(SPARE_NAME), &path).await?;
-                    disk.sync_dir(&dir).await
-                }
-                .await;
-                r.map_err(KvsError::from_write)?;
-                spare
+                install_segment(disk, &dir, &spare, &dir.join(SPARE_NAME), &path, header)
+                    .await
+                    .map(|()| spare)
+                    .map_err(|(e, stranded)| (KvsError::from_write(e), stranded))
             }
-            None => Rc::new(create_segment(disk, &dir, &path, header).await?),
+            None => create_segment(disk, &dir, &path, header).await.map(Rc::new),
+        };
+        let new_file = match made {
+            Ok(f) => f,
+            Err((e, false)) => return Err(e),
+            Err((e, true)) => {
+                // Once a retry makes a newer segment, the next open would take this one for
+                // a sealed segment (full of zeros, if it was the spare) and refuse the store.
+                let cause = io::Error::other(format!(
+                    "{e}; the half-made segment {} could not be removed either",
+                    path.display()
+                ));
+                self.poison("segment creation", &cause);
+                return Err(self.poisoned_error());
+            }
         };
         let mut st = self.inner.state.borrow_mut();
         st.segments.insert(
@@ -706,6 +735,7 @@ impl<D: Disk> Partition<D> {
         );
         st.active = id;
         st.tail = SEGMENT_HEADER_BYTES;
+        st.active_hint = HintWriter::default();
         Ok(())
     }
 
@@ -724,18 +754,23 @@ impl<D: Disk> Partition<D> {
             st.preparing_spare = true;
         }
         let part = self.clone();
+        let (done_tx, done_rx) = oneshot::channel();
+        *self.inner.spare_done.borrow_mut() = Some(done_rx);
         tokio::task::spawn_local(async move {
             let path = part.inner.cfg.dir.join(SPARE_NAME);
             let made = zero_filled(&part.inner.disk, &path, part.inner.cfg.segment_bytes).await;
-            let mut st = part.inner.state.borrow_mut();
-            st.preparing_spare = false;
-            match made {
-                Ok(f) => st.spare = Some(Rc::new(f)),
-                Err(e) => tracing::warn!(
-                    partition = part.inner.cfg.id,
-                    "could not preallocate a segment: {e}"
-                ),
+            {
+                let mut st = part.inner.state.borrow_mut();
+                st.preparing_spare = false;
+                match made {
+                    Ok(f) => st.spare = Some(Rc::new(f)),
+                    Err(e) => tracing::warn!(
+                        partition = part.inner.cfg.id,
+                        "could not preallocate a segment: {e}"
+                    ),
+                }
             }
+            let _ = done_tx.send(());
         });
     }
 
@@ -1074,24 +1109,62 @@ async fn create_segment_file<D: Disk>(
     Ok(f)
 }
 
-/// Creates a segment durably: header written and synced, directory synced.
+/// Puts a prepared segment file in place: writes and syncs its header, renames it from
+/// `from` (a temporary name) to `to`, and syncs the directory. A crash at any step leaves a
+/// temporary file (deleted at open) or a complete segment, never a segment without a valid
+/// header. On failure it removes what it left: the file under `to` if the rename happened,
+/// else the one under `from`. The error says whether a file is stranded under `to` because
+/// that removal failed too.
+async fn install_segment<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    file: &D::File,
+    from: &Path,
+    to: &Path,
+    header: SegmentHeader,
+) -> std::result::Result<(), (io::Error, bool)> {
+    let mut renamed = false;
+    let installed: io::Result<()> = async {
+        write_all(file, header.encode().to_vec(), 0).await?;
+        file.sync_data().await?;
+        disk.rename(from, to).await?;
+        renamed = true;
+        disk.sync_dir(dir).await
+    }
+    .await;
+    let Err(e) = installed else {
+        return Ok(());
+    };
+    let removed = remove_if_exists(disk, if renamed { to } else { from }).await;
+    Err((e, renamed && removed.is_err()))
+}
+
+/// Creates a segment durably and atomically under `path` (see [`install_segment`]), starting
+/// from an empty `<id>.seg.tmp`. ENOSPC anywhere is [`KvsError::DiskFull`]; the error says
+/// whether a file is stranded under `path`.
 async fn create_segment<D: Disk>(
     disk: &D,
     dir: &Path,
     path: &Path,
     header: SegmentHeader,
-) -> Result<D::File> {
-    let made: Result<D::File> = async {
-        let f = create_segment_file(disk, path, header).await?;
-        f.sync_data().await.map_err(KvsError::from_write)?;
-        disk.sync_dir(dir).await?;
+) -> std::result::Result<D::File, (KvsError, bool)> {
+    let tmp = segment::tmp_path(path);
+    let opened: io::Result<D::File> = async {
+        let f = disk.open(&tmp, true).await?;
+        f.set_len(0).await?;
         Ok(f)
     }
     .await;
-    if made.is_err() {
-        let _ = disk.remove(path).await;
-    }
-    made
+    let result = match opened {
+        Ok(f) => install_segment(disk, dir, &f, &tmp, path, header)
+            .await
+            .map(|()| f),
+        Err(e) => {
+            let _ = disk.remove(&tmp).await;
+            Err((e, false))
+        }
+    };
+    result.map_err(|(e, stranded)| (KvsError::from_write(e), stranded))
 }
 
 async fn zero_filled<D: Disk>(disk: &D, path: &Path, len: u64) -> io::Result<D::File> {
@@ -1328,7 +1401,8 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
                 &segment::segment_path(dir, u64::from(id)),
                 header,
             )
-            .await?;
+            .await
+            .map_err(|(e, _)| e)?;
             segments.insert(
                 id,
                 Segment {

@@ -1,7 +1,7 @@
 //! Segment files: naming and the 32-byte header codec.
 //!
-//! A segment is `<id>.seg` in its partition directory, `id` a zero-padded decimal that only
-//! grows and is never reused. Header (little-endian): `magic [8] | version u32 | origin u32 |
+//! A segment is `<id>.seg` in its partition directory, `id` 20 zero-padded decimal digits;
+//! ids grow while a store is open (see `docs/format.md` for when one is used again). Header (little-endian): `magic [8] | version u32 | origin u32 |
 //! id u64 | partition u32 | crc32c u32` (the checksum covers the 28 bytes before it).
 //! Records follow from offset 32.
 

@@ -56,6 +56,10 @@ backend_tests!(
     flipped_bit_before_valid_records_refuses_open,
     interrupted_compaction_finishes_on_open,
     overwrites_keep_disk_within_twice_live_data,
+    enospc_on_write_is_disk_full_and_recoverable,
+    failed_fsync_poisons_writes_but_serves_reads,
+    crash_at_any_write_step_keeps_acknowledged_writes,
+    enospc_at_any_write_step_keeps_exactly_acknowledged_writes,
 );
 
 fn cfg(dir: &Path) -> PartitionConfig {
@@ -470,5 +474,366 @@ fn copy_dir(from: &Path, to: &Path) {
 fn wipe_dir(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+}
+
+/// One step of a write sequence.
+#[derive(Clone, Debug)]
+enum Step {
+    Set(Vec<u8>, Vec<u8>),
+    Remove(Vec<u8>),
+}
+
+impl Step {
+    fn key(&self) -> &[u8] {
+        match self {
+            Step::Set(k, _) | Step::Remove(k) => k,
+        }
+    }
+
+    async fn apply<D: Disk>(&self, p: &Partition<D>) -> crate::Result<()> {
+        match self {
+            Step::Set(k, v) => p.set(b(k), b(v)).await,
+            Step::Remove(k) => p.remove(b(k)).await,
+        }
+    }
+
+    /// The model after this step was acknowledged.
+    fn acknowledge(&self, model: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
+        match self {
+            Step::Set(k, v) => {
+                model.insert(k.clone(), v.clone());
+            }
+            Step::Remove(k) => {
+                model.remove(k);
+            }
+        }
+    }
+}
+
+/// Writes and removes, about 250 bytes a record, enough to rotate a 4096-byte segment twice.
+/// The `stable` keys are written once at the start, so their values live only in the first
+/// segment; two of them are removed later, so a lost delete would resurrect them. The
+/// `churn` keys are rewritten all along.
+fn write_sequence() -> Vec<Step> {
+    (0..36)
+        .map(|i| {
+            let value = || format!("value-{i}-{}", "x".repeat(200 + i * 3)).into_bytes();
+            match i {
+                0..6 => Step::Set(format!("stable{i}").into_bytes(), value()),
+                15 => Step::Remove(b"churn3".to_vec()),
+                20 => Step::Remove(b"stable2".to_vec()),
+                29 => Step::Remove(b"stable4".to_vec()),
+                _ => Step::Set(format!("churn{}", i % 4).into_bytes(), value()),
+            }
+        })
+        .collect()
+}
+
+/// Every key the write sequence touches.
+fn sequence_keys() -> std::collections::BTreeSet<Vec<u8>> {
+    write_sequence().iter().map(|s| s.key().to_vec()).collect()
+}
+
+/// The configuration the fault sweeps run with: no automatic compaction (its own sweep is
+/// `interrupted_compaction_finishes_on_open`), and preallocation as asked.
+fn sweep_cfg(dir: &Path, preallocate: bool) -> PartitionConfig {
+    let mut c = cfg(dir);
+    c.auto_compact = false;
+    c.preallocate = preallocate;
+    c
+}
+
+/// Checks every key of the write sequence after a reopen: its acknowledged value, or (for the
+/// key of `maybe`, a step that failed) the state that step would have left. Never anything else.
+async fn assert_sequence_contents<D: Disk>(
+    p: &Partition<D>,
+    model: &BTreeMap<Vec<u8>, Vec<u8>>,
+    maybe: Option<&Step>,
+    what: &str,
+) {
+    for k in sequence_keys() {
+        let name = String::from_utf8_lossy(&k).into_owned();
+        let got = p
+            .get(&k)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reading {name}: {e}"))
+            .map(|v| v.to_vec());
+        let acked = model.get(&k).cloned();
+        if got == acked {
+            continue;
+        }
+        let alternative = match maybe {
+            Some(Step::Set(mk, v)) if *mk == k => Some(v.clone()),
+            Some(Step::Remove(mk)) if *mk == k => None,
+            _ => panic!(
+                "{what}: {name} is {:?}, acknowledged {:?}",
+                got.as_deref().map(String::from_utf8_lossy),
+                acked.as_deref().map(String::from_utf8_lossy)
+            ),
+        };
+        assert_eq!(
+            got, alternative,
+            "{what}: {name} is neither its acknowledged value nor the failed write's"
+        );
+    }
+}
+
+fn active_segment_len(dir: &Path) -> u64 {
+    std::fs::metadata(newest_segment(dir)).unwrap().len()
+}
+
+// Guards against a full disk poisoning the store, leaving a partial record behind, or losing
+// acknowledged writes.
+async fn enospc_on_write_is_disk_full_and_recoverable<D: Disk>(disk: D, dir: &Path) {
+    let mut c = cfg(dir);
+    c.segment_bytes = 1 << 20;
+    // Without preallocation the segment's length is where its records end.
+    c.preallocate = false;
+    let mut model = BTreeMap::new();
+    {
+        let p = open(&disk, c.clone()).await;
+        for i in 0..10 {
+            let (k, v) = (format!("key{i}"), format!("value{i}"));
+            p.set(b(&k), b(&v)).await.unwrap();
+            model.insert(k.into_bytes(), v.into_bytes());
+        }
+        p.close().await;
+    }
+    // An open of an existing store makes no changes, so the next operation is the write.
+    let probe = FaultyDisk::new(disk.clone(), u64::MAX, Fault::NoSpace);
+    drop(Partition::open(probe.clone(), c.clone()).await.unwrap());
+    let opened_at = probe.ops();
+    for (n, op) in [(1, "write"), (2, "sync_data")] {
+        let faulty = FaultyDisk::new(disk.clone(), opened_at + n, Fault::NoSpace);
+        let p = Partition::open(faulty.clone(), c.clone()).await.unwrap();
+        let len_before = active_segment_len(dir);
+        let big = "y".repeat(3000);
+        match p.set(b("full"), b(&big)).await {
+            Err(KvsError::DiskFull) => {}
+            other => panic!("ENOSPC at {op}: expected DiskFull, got {other:?}"),
+        }
+        assert_eq!(
+            faulty.fault_hit(),
+            Some(op),
+            "the fault hit the batch's {op}"
+        );
+        assert_eq!(
+            active_segment_len(dir),
+            len_before,
+            "ENOSPC at {op}: the partial batch is cut off"
+        );
+        assert!(p.poisoned().is_none(), "a full disk does not poison");
+        assert_eq!(p.get(b"full").await.unwrap(), None);
+        assert_contents(&p, &model, &[]).await;
+        let k = format!("after-{op}");
+        p.set(b(&k), b("stored")).await.unwrap();
+        model.insert(k.into_bytes(), b"stored".to_vec());
+        p.close().await;
+    }
+    let p = open(&disk, c).await;
+    assert_contents(&p, &model, &[b"full"]).await;
+    p.close().await;
+}
+
+// Guards against retrying after a failed fdatasync (the kernel may have dropped the dirty
+// pages), and against refusing reads because of it.
+async fn failed_fsync_poisons_writes_but_serves_reads<D: Disk>(disk: D, dir: &Path) {
+    let mut c = cfg(dir);
+    c.segment_bytes = 1 << 20;
+    c.preallocate = false;
+    let mut model = BTreeMap::new();
+    {
+        let p = open(&disk, c.clone()).await;
+        for i in 0..10 {
+            let (k, v) = (format!("key{i}"), format!("value{i}"));
+            p.set(b(&k), b(&v)).await.unwrap();
+            model.insert(k.into_bytes(), v.into_bytes());
+        }
+        p.close().await;
+    }
+    let probe = FaultyDisk::new(disk.clone(), u64::MAX, Fault::Eio);
+    drop(Partition::open(probe.clone(), c.clone()).await.unwrap());
+    // The write of the next batch, then its fdatasync.
+    let faulty = FaultyDisk::new(disk.clone(), probe.ops() + 2, Fault::Eio);
+    let p = Partition::open(faulty.clone(), c.clone()).await.unwrap();
+    match p.set(b("key3"), b("never acknowledged")).await {
+        Err(KvsError::Poisoned { op: "fsync", .. }) => {}
+        other => panic!("expected Poisoned after a failed fsync, got {other:?}"),
+    }
+    assert_eq!(faulty.fault_hit(), Some("sync_data"));
+    assert!(p.poisoned().is_some());
+    assert!(matches!(
+        p.set(b("later"), b("v")).await,
+        Err(KvsError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        p.remove(b("key1")).await,
+        Err(KvsError::Poisoned { .. })
+    ));
+    // Reads go on, and never show the unacknowledged write.
+    assert_contents(&p, &model, &[b"later"]).await;
+    p.close().await;
+    // A healthy reopen has every acknowledged write. The failed one may have reached the
+    // file (its fdatasync failed, not its write), so key3 may hold it, but nothing else.
+    let p = open(&disk, c.clone()).await;
+    for (k, v) in &model {
+        let got = p.get(k).await.unwrap();
+        let failed_write_landed =
+            k == b"key3" && got.as_deref() == Some(b"never acknowledged".as_slice());
+        if !failed_write_landed {
+            assert_eq!(
+                got.as_deref(),
+                Some(&v[..]),
+                "{}",
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+    assert_eq!(p.get(b"later").await.unwrap(), None);
+    // The poison was the process's, not the directory's.
+    p.set(b("later"), b("v")).await.unwrap();
+    p.close().await;
+}
+
+/// Runs the write sequence on `p` until a step fails. Returns the acknowledged model and the
+/// step that failed, if one did.
+async fn run_sequence<D: Disk>(
+    p: &Partition<D>,
+    steps: &[Step],
+) -> (BTreeMap<Vec<u8>, Vec<u8>>, Option<Step>) {
+    let mut model = BTreeMap::new();
+    for s in steps {
+        match s.apply(p).await {
+            Ok(()) => s.acknowledge(&mut model),
+            Err(_) => return (model, Some(s.clone())),
+        }
+    }
+    (model, None)
+}
+
+// Guards against a crash or a torn write at any step of writing (appends, fdatasyncs,
+// preallocation, sealing, hints, segment creation) losing an acknowledged write, making the
+// store unopenable, or leaving a failed write half visible.
+async fn crash_at_any_write_step_keeps_acknowledged_writes<D: Disk>(disk: D, dir: &Path) {
+    let steps = write_sequence();
+    for preallocate in [false, true] {
+        let c = sweep_cfg(dir, preallocate);
+        // Count the mutating operations of the whole sequence, from a fresh directory.
+        let total = {
+            wipe_dir(dir);
+            let counting = FaultyDisk::new(disk.clone(), u64::MAX, Fault::Crash).skipping_syncs();
+            let p = Partition::open(counting.clone(), c.clone()).await.unwrap();
+            let (_, failed) = run_sequence(&p, &steps).await;
+            assert!(failed.is_none(), "the sequence runs on a healthy disk");
+            assert!(p.stats().segments >= 3, "the sequence rotates segments");
+            p.close().await;
+            counting.ops()
+        };
+        for fault in [Fault::Crash, Fault::Tear] {
+            for n in 1..=total {
+                let what = format!("preallocate {preallocate}, {fault:?} at op {n} of {total}");
+                wipe_dir(dir);
+                let faulty = FaultyDisk::new(disk.clone(), n, fault).skipping_syncs();
+                let (model, failed) = match Partition::open(faulty.clone(), c.clone()).await {
+                    Ok(p) => {
+                        let run = run_sequence(&p, &steps).await;
+                        drop(p);
+                        run
+                    }
+                    Err(_) => (BTreeMap::new(), None),
+                };
+                assert!(faulty.crashed(), "{what}: the fault was injected");
+                let p = Partition::open(disk.clone(), c.clone())
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("{what} (hit {:?}): reopen failed: {e}", faulty.fault_hit())
+                    });
+                assert_sequence_contents(&p, &model, failed.as_ref(), &what).await;
+                // Recovery left a log that takes writes and reopens.
+                p.set(b("after"), b("crash")).await.unwrap();
+                p.close().await;
+                let p = Partition::open(disk.clone(), c.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: second reopen failed: {e}"));
+                assert_eq!(p.get(b"after").await.unwrap(), Some(b("crash")), "{what}");
+                p.close().await;
+            }
+        }
+        eprintln!("write crash sweep (preallocate {preallocate}): {total} operations, crash and tear at each");
+    }
+}
+
+// Guards against ENOSPC at any step of writing (appends, fdatasyncs, preallocation, sealing,
+// hints, segment creation) being anything but a refused write: the store must keep exactly
+// the acknowledged writes, take writes again once there is space, and reopen.
+async fn enospc_at_any_write_step_keeps_exactly_acknowledged_writes<D: Disk>(disk: D, dir: &Path) {
+    let steps = write_sequence();
+    for preallocate in [false, true] {
+        let c = sweep_cfg(dir, preallocate);
+        let total = {
+            wipe_dir(dir);
+            let counting = FaultyDisk::new(disk.clone(), u64::MAX, Fault::NoSpace).skipping_syncs();
+            let p = Partition::open(counting.clone(), c.clone()).await.unwrap();
+            assert!(run_sequence(&p, &steps).await.1.is_none());
+            p.close().await;
+            counting.ops()
+        };
+        let (mut disk_full, mut poisoned) = (0, 0);
+        for n in 1..=total {
+            wipe_dir(dir);
+            let faulty = FaultyDisk::new(disk.clone(), n, Fault::NoSpace).skipping_syncs();
+            let what = || {
+                format!(
+                    "preallocate {preallocate}, ENOSPC at op {n} of {total} (hit {:?})",
+                    faulty.fault_hit()
+                )
+            };
+            let p = match Partition::open(faulty.clone(), c.clone()).await {
+                Ok(p) => p,
+                // The fault hit the first open; space is back, so a second open works.
+                Err(_) => Partition::open(faulty.clone(), c.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: open after ENOSPC: {e}", what())),
+            };
+            let mut model = BTreeMap::new();
+            for (i, s) in steps.iter().enumerate() {
+                match s.apply(&p).await {
+                    Ok(()) => s.acknowledge(&mut model),
+                    Err(KvsError::DiskFull) => {
+                        disk_full += 1;
+                        let got = p.get(s.key()).await.unwrap().map(|v| v.to_vec());
+                        assert_eq!(got, model.get(s.key()).cloned(), "{}, step {i}", what());
+                        // Space is back: the same write now succeeds.
+                        s.apply(&p).await.unwrap_or_else(|e| {
+                            panic!("{}, step {i}: retry after DiskFull: {e}", what())
+                        });
+                        s.acknowledge(&mut model);
+                    }
+                    // A failed fdatasync refuses writes by design (fail-stop); only a batch's
+                    // own fdatasync is undone by cutting the batch off.
+                    Err(KvsError::Poisoned { .. }) if faulty.fault_hit() == Some("sync_data") => {
+                        poisoned += 1;
+                        break;
+                    }
+                    Err(e) => panic!(
+                        "{}, step {i}: expected DiskFull or success, got {e}",
+                        what()
+                    ),
+                }
+            }
+            assert_sequence_contents(&p, &model, None, &what()).await;
+            p.close().await;
+            let p = Partition::open(disk.clone(), c.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{}: reopen failed: {e}", what()));
+            assert_sequence_contents(&p, &model, None, &what()).await;
+            p.close().await;
+        }
+        assert!(disk_full > 0, "some faults reached a writer");
+        eprintln!(
+            "ENOSPC sweep (preallocate {preallocate}): {total} operations, \
+             {disk_full} writes refused as DiskFull, {poisoned} runs poisoned by a failed fdatasync"
+        );
     }
 }

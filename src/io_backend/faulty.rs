@@ -1,11 +1,13 @@
 //! Test disks: [`StdDisk`] (plain synchronous std calls, deterministic) and [`FaultyDisk`],
 //! which wraps any disk and, at the N-th mutating operation, fails it (EIO or ENOSPC) or
-//! tears it (writes a prefix), then behaves like a crashed process: every later operation
-//! fails. Reopening the directory with a healthy disk then shows what a crash at that
-//! moment would have left.
+//! tears it (writes a prefix). A crash or a tear then behaves like a crashed process: every
+//! later operation fails, and reopening the directory with a healthy disk shows what a crash
+//! at that moment would have left. EIO and ENOSPC faults leave the disk working, as a device
+//! that reported one error, or a filesystem where space was freed, would.
 
 use std::cell::Cell;
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -84,8 +86,12 @@ pub enum Fault {
     Crash,
     /// A write stores only its first half, then the process is "dead".
     Tear,
-    /// The operation fails with ENOSPC; later operations work (space was freed).
+    /// The operation fails with ENOSPC; a write stores its first half first, as a short
+    /// write followed by ENOSPC does. Later operations work (space was freed).
     NoSpace,
+    /// The operation fails with EIO and has no effect; later operations work (a device error
+    /// the kernel reported once, such as a failed fdatasync).
+    Eio,
 }
 
 struct Plan {
@@ -93,6 +99,10 @@ struct Plan {
     at: u64,
     fault: Fault,
     dead: Cell<bool>,
+    /// The operation the fault hit, once it has.
+    hit: Cell<Option<&'static str>>,
+    /// Count and fault syncs, but do not pass them on.
+    skip_syncs: bool,
 }
 
 /// Wraps a disk and injects one fault at the `at`-th mutating operation (1-based).
@@ -116,8 +126,21 @@ impl<D> FaultyDisk<D> {
                 at,
                 fault,
                 dead: Cell::new(false),
+                hit: Cell::new(None),
+                skip_syncs: false,
             }),
         }
+    }
+
+    /// Counts and faults `sync_data` and `sync_dir` like any other operation but does not
+    /// pass them to the inner disk. A simulated crash keeps the page cache, so a real sync
+    /// changes nothing a sweep can observe; skipping it makes each run of a sweep take
+    /// microseconds per operation instead of milliseconds.
+    pub fn skipping_syncs(mut self) -> FaultyDisk<D> {
+        Rc::get_mut(&mut self.plan)
+            .expect("set before the disk is shared")
+            .skip_syncs = true;
+        self
     }
     /// Mutating operations seen so far.
     pub fn ops(&self) -> u64 {
@@ -127,11 +150,17 @@ impl<D> FaultyDisk<D> {
     pub fn crashed(&self) -> bool {
         self.plan.dead.get()
     }
+    /// The operation the fault hit (`"write"`, `"sync_data"`, `"set_len"`, `"rename"`,
+    /// `"remove"` or `"sync_dir"`), or `None` if it has not happened yet.
+    pub fn fault_hit(&self) -> Option<&'static str> {
+        self.plan.hit.get()
+    }
 }
 
 impl Plan {
-    /// Counts one mutating operation; says which fault (if any) applies to it.
-    fn step(&self) -> io::Result<Option<Fault>> {
+    /// Counts one mutating operation named `op`; says which fault (if any) applies to it.
+    /// `Ok(Some(fault))` asks the caller to act the fault out; `Err` is the failure to return.
+    fn step(&self, op: &'static str) -> io::Result<Option<Fault>> {
         if self.dead.get() {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -140,16 +169,32 @@ impl Plan {
         if n != self.at {
             return Ok(None);
         }
+        self.hit.set(Some(op));
         match self.fault {
             Fault::Crash => {
                 self.dead.set(true);
                 Err(io::Error::from_raw_os_error(libc::EIO))
             }
+            Fault::Eio => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Fault::NoSpace if op == "write" => Ok(Some(Fault::NoSpace)),
             Fault::NoSpace => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
             Fault::Tear => {
                 self.dead.set(true);
                 Ok(Some(Fault::Tear))
             }
+        }
+    }
+
+    /// Runs a sync unless syncs are skipped.
+    async fn sync(
+        &self,
+        op: &'static str,
+        sync: impl Future<Output = io::Result<()>>,
+    ) -> io::Result<()> {
+        match self.step(op)? {
+            None if self.skip_syncs => Ok(()),
+            None => sync.await,
+            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
     }
 }
@@ -162,24 +207,26 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
         self.inner.read_at(buf, pos).await
     }
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
-        match self.plan.step() {
+        match self.plan.step("write") {
             Err(e) => (Err(e), buf),
             Ok(None) => self.inner.write_all_at(buf, pos).await,
-            Ok(Some(_tear)) => {
+            Ok(Some(fault)) => {
                 let half = buf[..buf.len() / 2].to_vec();
                 let _ = self.inner.write_all_at(half, pos).await;
-                (Err(io::Error::from_raw_os_error(libc::EIO)), buf)
+                let errno = if fault == Fault::NoSpace {
+                    libc::ENOSPC
+                } else {
+                    libc::EIO
+                };
+                (Err(io::Error::from_raw_os_error(errno)), buf)
             }
         }
     }
     async fn sync_data(&self) -> io::Result<()> {
-        match self.plan.step()? {
-            None => self.inner.sync_data().await,
-            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
-        }
+        self.plan.sync("sync_data", self.inner.sync_data()).await
     }
     async fn set_len(&self, len: u64) -> io::Result<()> {
-        match self.plan.step()? {
+        match self.plan.step("set_len")? {
             None => self.inner.set_len(len).await,
             Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
@@ -201,21 +248,18 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         })
     }
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        match self.plan.step()? {
+        match self.plan.step("rename")? {
             None => self.inner.rename(from, to).await,
             Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
     }
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        match self.plan.step()? {
+        match self.plan.step("remove")? {
             None => self.inner.remove(path).await,
             Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
     }
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        match self.plan.step()? {
-            None => self.inner.sync_dir(dir).await,
-            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
-        }
+        self.plan.sync("sync_dir", self.inner.sync_dir(dir)).await
     }
 }
