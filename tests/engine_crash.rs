@@ -51,7 +51,13 @@ fn backends() -> Vec<IoChoice> {
     let mut v = vec![IoChoice::Blocking];
     match kvs::io_backend::uring::probe() {
         Ok(()) => v.push(IoChoice::Uring),
-        Err(e) => println!("skipped: the uring half: io_uring is unavailable here: {e}"),
+        Err(e) => {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: the uring half: io_uring is unavailable here: {e}"
+            );
+        }
     }
     v
 }
@@ -436,7 +442,13 @@ fn full_filesystem_is_disk_full_until_space_is_freed() {
         let _unmount = match mount_tmpfs(&mnt, "2m") {
             Ok(u) => u,
             Err(reason) => {
-                println!("skipped: needs a small tmpfs to fill: {reason}");
+                {
+                    use std::io::Write as _;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "skipped: needs a small tmpfs to fill: {reason}"
+                    );
+                };
                 return;
             }
         };

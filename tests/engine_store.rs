@@ -14,7 +14,13 @@ fn backends() -> Vec<IoChoice> {
     let mut v = vec![IoChoice::Blocking];
     match kvs::io_backend::uring::probe() {
         Ok(()) => v.push(IoChoice::Uring),
-        Err(e) => eprintln!("skipped: the uring half: io_uring is unavailable here: {e}"),
+        Err(e) => {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: the uring half: io_uring is unavailable here: {e}"
+            );
+        }
     }
     v
 }

@@ -23,7 +23,13 @@ where
     let rt = match uring::probe().and_then(|()| uring::runtime()) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("skipped: io_uring is unavailable here: {e}");
+            {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped: io_uring is unavailable here: {e}"
+                );
+            };
             return;
         }
     };

@@ -23,7 +23,13 @@ pub fn io_backends() -> Vec<&'static str> {
     let mut v = vec!["blocking"];
     match kvs::io_backend::uring::probe() {
         Ok(()) => v.push("uring"),
-        Err(e) => eprintln!("skipped: the uring half, io_uring is unavailable here: {e}"),
+        Err(e) => {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: the uring half, io_uring is unavailable here: {e}"
+            );
+        }
     }
     v
 }
