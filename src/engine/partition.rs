@@ -39,6 +39,8 @@ const SCAN_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// The name of the preallocated segment waiting to become the next active one.
 const SPARE_NAME: &str = "spare.seg.tmp";
+/// Writes after which a log in a segment that was not preallocated gets a zero-filled one.
+const EARLY_SPARE_BYTES: u64 = 1024 * 1024;
 
 /// How a partition is run.
 #[derive(Clone, Debug)]
@@ -125,6 +127,8 @@ struct State<F> {
     preparing_spare: bool,
     /// Set when data was written but not yet fdatasynced (interval and never policies).
     unsynced_since: Option<Instant>,
+    /// The active segment was zero-filled ahead (writes into it do not extend the file).
+    active_preallocated: bool,
 }
 
 struct Inner<D: Disk> {
@@ -469,7 +473,10 @@ impl<D: Disk> Partition<D> {
         let needs_rotation = {
             let st = self.inner.state.borrow();
             st.tail > SEGMENT_HEADER_BYTES
-                && st.tail + first_len as u64 > self.inner.cfg.segment_bytes
+                && (st.tail + first_len as u64 > self.inner.cfg.segment_bytes
+                    // Move early from a segment that grows with every write to a ready,
+                    // zero-filled one.
+                    || (st.spare.is_some() && !st.active_preallocated))
         };
         if needs_rotation {
             if let Err(e) = self.rotate().await {
@@ -710,6 +717,9 @@ impl<D: Disk> Partition<D> {
             }
             None => create_segment(disk, &dir, &path, header).await.map(Rc::new),
         };
+        let preallocated = made
+            .as_ref()
+            .is_ok_and(|f| f.len().unwrap_or(0) >= self.inner.cfg.segment_bytes);
         let new_file = match made {
             Ok(f) => f,
             Err((e, false)) => return Err(e),
@@ -736,17 +746,26 @@ impl<D: Disk> Partition<D> {
         st.active = id;
         st.tail = SEGMENT_HEADER_BYTES;
         st.active_hint = HintWriter::default();
+        st.active_preallocated = preallocated;
         Ok(())
     }
 
-    /// Once the active segment is half full, zero-fills the next one in the background.
+    /// Zero-fills the next segment in the background: once the active segment is half full,
+    /// or, when the active segment was not preallocated (a new store), once it has seen
+    /// [`EARLY_SPARE_BYTES`] of writes, so a busy log soon moves to a segment where write
+    /// plus fdatasync does not also extend the file.
     fn maybe_prepare_spare(&self) {
         {
             let mut st = self.inner.state.borrow_mut();
+            let threshold = if st.active_preallocated {
+                self.inner.cfg.segment_bytes / 2
+            } else {
+                EARLY_SPARE_BYTES.min(self.inner.cfg.segment_bytes / 2)
+            };
             if !self.inner.cfg.preallocate
                 || st.spare.is_some()
                 || st.preparing_spare
-                || st.tail < self.inner.cfg.segment_bytes / 2
+                || st.tail < threshold
                 || self.inner.closing.get()
             {
                 return;
@@ -1385,6 +1404,12 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         }
     }
     let mut next_id = seg_ids.last().map_or(1, |id| id + 1);
+    // A segment longer than its records was preallocated (zero-filled past the tail).
+    let active_preallocated = active_id.and_then(|id| segments.get(&id)).is_some_and(|s| {
+        s.file
+            .len()
+            .is_ok_and(|l| l >= cfg.segment_bytes && l > s.len)
+    });
     let (active, tail) = match active_id {
         Some(id) => (id, segments[&id].len),
         None => {
@@ -1430,6 +1455,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         spare: None,
         preparing_spare: false,
         unsynced_since: None,
+        active_preallocated,
     })
 }
 

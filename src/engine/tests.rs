@@ -412,9 +412,9 @@ async fn interrupted_compaction_finishes_on_open<D: Disk>(disk: D, dir: &Path) {
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect();
             assert!(
-                !names
-                    .iter()
-                    .any(|n| n.ends_with(".tmp") || n.contains("manifest")),
+                !names.iter().any(
+                    |n| n != "spare.seg.tmp" && (n.ends_with(".tmp") || n.contains("manifest"))
+                ),
                 "{fault:?} at op {n}: leftovers {names:?}"
             );
         }
@@ -730,6 +730,10 @@ async fn crash_at_any_write_step_keeps_acknowledged_writes<D: Disk>(disk: D, dir
             p.close().await;
             counting.ops()
         };
+        // With preallocation, when the spare segment is ready (it is made in the background)
+        // decides when the log moves to it, so a run can take a few operations more or less
+        // than the counting run; a fault point past a run's end is not reached.
+        let mut injected = 0;
         for fault in [Fault::Crash, Fault::Tear] {
             for n in 1..=total {
                 let what = format!("preallocate {preallocate}, {fault:?} at op {n} of {total}");
@@ -743,7 +747,14 @@ async fn crash_at_any_write_step_keeps_acknowledged_writes<D: Disk>(disk: D, dir
                     }
                     Err(_) => (BTreeMap::new(), None),
                 };
-                assert!(faulty.crashed(), "{what}: the fault was injected");
+                if !faulty.crashed() {
+                    assert!(
+                        preallocate && n + 8 > total,
+                        "{what}: the fault was not injected"
+                    );
+                    continue;
+                }
+                injected += 1;
                 let p = Partition::open(disk.clone(), c.clone())
                     .await
                     .unwrap_or_else(|e| {
@@ -760,7 +771,12 @@ async fn crash_at_any_write_step_keeps_acknowledged_writes<D: Disk>(disk: D, dir
                 p.close().await;
             }
         }
-        eprintln!("write crash sweep (preallocate {preallocate}): {total} operations, crash and tear at each");
+        assert!(
+            injected * 10 >= 2 * total as usize * 9,
+            "only {injected} of {} fault points reached",
+            2 * total
+        );
+        eprintln!("write crash sweep (preallocate {preallocate}): {total} operations, {injected} crash and tear points");
     }
 }
 
