@@ -106,7 +106,7 @@ struct Pending {
     key: Bytes,
     /// `None` is a delete.
     value: Option<Bytes>,
-    reply: oneshot::Sender<Result<()>>,
+    reply: oneshot::Sender<Result<Option<Bytes>>>,
 }
 
 struct State<F> {
@@ -297,21 +297,33 @@ impl<D: Disk> Partition<D> {
     }
 
     pub async fn set(&self, key: Bytes, value: Bytes) -> Result<()> {
-        if value.len() > VALUE_BYTES_MAX {
-            return Err(KvsError::ValueTooLarge {
-                len: value.len(),
-                max: VALUE_BYTES_MAX,
-            });
-        }
-        self.submit(key, Some(value)).await
+        Self::acknowledged(self.submit(key, Some(value))?).await
     }
 
     /// Removes `key`; [`KvsError::KeyNotFound`] if it is absent when the writer reaches it.
     pub async fn remove(&self, key: Bytes) -> Result<()> {
-        self.submit(key, None).await
+        Self::acknowledged(self.submit(key, None)?).await
     }
 
-    async fn submit(&self, key: Bytes, value: Option<Bytes>) -> Result<()> {
+    async fn acknowledged(rx: oneshot::Receiver<Result<Option<Bytes>>>) -> Result<()> {
+        rx.await.map_err(|_| KvsError::Closed)?.map(|_| ())
+    }
+
+    /// Queues a put (`Some(value)`) or a delete (`None`) for the writer loop and returns, at
+    /// once, the channel its acknowledgement (`Ok(None)`) or error will arrive on.
+    pub fn submit(
+        &self,
+        key: Bytes,
+        value: Option<Bytes>,
+    ) -> Result<oneshot::Receiver<Result<Option<Bytes>>>> {
+        if let Some(v) = &value {
+            if v.len() > VALUE_BYTES_MAX {
+                return Err(KvsError::ValueTooLarge {
+                    len: v.len(),
+                    max: VALUE_BYTES_MAX,
+                });
+            }
+        }
         if key.len() > KEY_BYTES_MAX {
             return Err(KvsError::KeyTooLarge {
                 len: key.len(),
@@ -333,7 +345,7 @@ impl<D: Disk> Partition<D> {
             .borrow_mut()
             .push_back(Pending { key, value, reply });
         self.inner.wake_writer.notify_one();
-        rx.await.map_err(|_| KvsError::Closed)?
+        Ok(rx)
     }
 
     pub fn stats(&self) -> PartitionStats {
@@ -455,7 +467,7 @@ impl<D: Disk> Partition<D> {
             len: usize,
             seq: u64,
             value_len: u32,
-            reply: oneshot::Sender<Result<()>>,
+            reply: oneshot::Sender<Result<Option<Bytes>>>,
         }
         if self.inner.state.borrow().poisoned.is_some() {
             let err = self.poisoned_error();
@@ -492,8 +504,9 @@ impl<D: Disk> Partition<D> {
         {
             let mut st = self.inner.state.borrow_mut();
             let mut queue = self.inner.queue.borrow_mut();
-            // Whether each key in this batch exists after the batch's earlier operations.
-            let mut overlay: HashMap<Bytes, bool> = HashMap::new();
+            // Whether each key in this batch exists after the batch's earlier operations; built
+            // only once a delete needs it (most batches are all puts).
+            let mut overlay: Option<HashMap<Bytes, bool>> = None;
             let room = self.inner.cfg.segment_bytes.saturating_sub(st.tail);
             while let Some(p) = queue.pop_front() {
                 let value = p.value.as_deref().unwrap_or(&[]);
@@ -510,6 +523,11 @@ impl<D: Disk> Partition<D> {
                     RecordKind::Delete
                 };
                 if kind == RecordKind::Delete {
+                    let overlay = overlay.get_or_insert_with(|| {
+                        ops.iter()
+                            .map(|o| (o.key.clone(), o.kind == RecordKind::Put))
+                            .collect()
+                    });
                     let exists = overlay
                         .get(&p.key)
                         .copied()
@@ -527,7 +545,9 @@ impl<D: Disk> Partition<D> {
                     record::decode(&buf[at..]).map(|r| r.map(|r| r.len())),
                     Ok(Some(len))
                 );
-                overlay.insert(p.key.clone(), kind == RecordKind::Put);
+                if let Some(overlay) = overlay.as_mut() {
+                    overlay.insert(p.key.clone(), kind == RecordKind::Put);
+                }
                 let value_len = value.len() as u32;
                 ops.push(Op {
                     key: p.key,
@@ -606,7 +626,7 @@ impl<D: Disk> Partition<D> {
         }
         drop(st);
         for o in ops {
-            let _ = o.reply.send(Ok(()));
+            let _ = o.reply.send(Ok(None));
         }
         self.maybe_prepare_spare();
         self.maybe_compact();

@@ -77,14 +77,29 @@ impl<D: Disk> Shard<D> {
 
     /// Runs one operation on a partition this shard owns.
     pub async fn apply(&self, partition: u32, op: Op) -> OpResult {
-        let p = self.partitions.get(&partition).ok_or_else(|| {
-            KvsError::Config(format!("partition {partition} is not owned by this thread"))
-        })?;
+        let p = self.partition(partition)?;
         match op {
             Op::Get(k) => p.get(&k).await,
             Op::Set(k, v) => p.set(k, v).await.map(|()| None),
             Op::Remove(k) => p.remove(k).await.map(|()| None),
         }
+    }
+
+    /// Queues a put (`Some(value)`) or delete (`None`) on a partition this shard owns and
+    /// returns the channel its result arrives on.
+    pub fn submit(
+        &self,
+        partition: u32,
+        key: Bytes,
+        value: Option<Bytes>,
+    ) -> Result<oneshot::Receiver<OpResult>> {
+        self.partition(partition)?.submit(key, value)
+    }
+
+    fn partition(&self, partition: u32) -> Result<&Partition<D>> {
+        self.partitions.get(&partition).ok_or_else(|| {
+            KvsError::Config(format!("partition {partition} is not owned by this thread"))
+        })
     }
 
     /// A get answered without I/O, when the partition can (see [`Partition::get_cached`]).

@@ -17,10 +17,28 @@ use crate::{KvsError, Result};
 
 pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
+/// An operation once started: finished already, waiting on a channel (a queued write, or an
+/// operation sent to another worker), or a future to run (a read from disk).
+pub enum Started {
+    Now(OpResult),
+    Later(oneshot::Receiver<OpResult>),
+    Task(LocalBoxFuture<OpResult>),
+}
+
 /// The data as a session sees it.
 pub trait Store: Clone + 'static {
     /// Starts `op`. Operations for other workers are held until [`Store::flush`].
-    fn call(&self, op: Op) -> LocalBoxFuture<OpResult>;
+    fn start(&self, op: Op) -> Started;
+    /// Starts `op` as one future.
+    fn call(&self, op: Op) -> LocalBoxFuture<OpResult> {
+        match self.start(op) {
+            Started::Now(r) => Box::pin(std::future::ready(r)),
+            Started::Later(rx) => {
+                Box::pin(async move { rx.await.unwrap_or(Err(KvsError::Closed)) })
+            }
+            Started::Task(f) => f,
+        }
+    }
     /// A get answered at once when it needs no I/O and no hop (a cache hit, or a key the local
     /// index does not have); `None` means use [`Store::call`].
     fn get_now(&self, _key: &[u8]) -> Option<OpResult> {
@@ -86,16 +104,34 @@ impl<D: Disk> KvsRouter<D> {
 }
 
 impl<D: Disk> Store for KvsRouter<D> {
-    fn call(&self, op: Op) -> LocalBoxFuture<OpResult> {
+    fn start(&self, op: Op) -> Started {
         let partition = partition_of(op.key(), self.inner.partitions);
         let owner = self.inner.owner_of[partition as usize];
         if owner == self.inner.me {
-            let shard = self.inner.shard.clone();
-            return Box::pin(async move { shard.apply(partition, op).await });
+            let shard = &self.inner.shard;
+            let queued = match op {
+                Op::Get(key) => {
+                    return match shard.get_cached(partition, &key) {
+                        Some(v) => Started::Now(Ok(v)),
+                        None => {
+                            let shard = shard.clone();
+                            Started::Task(Box::pin(async move {
+                                shard.apply(partition, Op::Get(key)).await
+                            }))
+                        }
+                    }
+                }
+                Op::Set(key, value) => shard.submit(partition, key, Some(value)),
+                Op::Remove(key) => shard.submit(partition, key, None),
+            };
+            return match queued {
+                Ok(rx) => Started::Later(rx),
+                Err(e) => Started::Now(Err(e)),
+            };
         }
         let (tx, rx) = oneshot::channel();
         self.inner.held.borrow_mut()[owner].push((partition, op, tx));
-        Box::pin(async move { rx.await.unwrap_or(Err(KvsError::Closed)) })
+        Started::Later(rx)
     }
 
     fn get_now(&self, key: &[u8]) -> Option<OpResult> {
@@ -154,15 +190,15 @@ pub struct SledStore {
 }
 
 impl Store for SledStore {
-    fn call(&self, op: Op) -> LocalBoxFuture<OpResult> {
+    fn start(&self, op: Op) -> Started {
         let db = self.db.clone();
-        Box::pin(async move {
+        Started::Task(Box::pin(async move {
             match op {
                 Op::Get(k) => db.get(k).await,
                 Op::Set(k, v) => db.set(k, v).await.map(|()| None),
                 Op::Remove(k) => db.remove(k).await.map(|()| None),
             }
-        })
+        }))
     }
 
     fn flush(&self) {}

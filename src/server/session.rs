@@ -16,13 +16,13 @@ use std::net::Shutdown;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::net::NetStream;
-use super::router::Store;
-use crate::engine::shard::Op;
+use super::router::{Started, Store};
+use crate::engine::shard::{Op, OpResult};
 use crate::limits::{FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, RESPONSE_BYTES_QUEUED_MAX};
 use crate::protocol::{
     decode_client_hello, decode_request, encode_response, encode_server_hello, frame_len_hint,
@@ -42,9 +42,17 @@ pub struct SessionLimits {
     pub frame_timeout: Duration,
 }
 
-/// A response that is ready, one that is being computed, or the end of the stream.
+/// Appends the response for an operation's result to the output.
+pub type Encoder = fn(OpResult, &mut Vec<u8>);
+
+/// A response that is ready, one waiting on a channel, one being computed, or the end of the
+/// stream.
 pub enum Slot {
     Ready(Vec<u8>),
+    Wait {
+        rx: oneshot::Receiver<OpResult>,
+        encode: Encoder,
+    },
     Task(JoinHandle<Vec<u8>>),
     /// Send everything before this, then close.
     Close,
@@ -235,6 +243,22 @@ async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
         conn.drained.notify_one();
         match slot {
             Slot::Ready(bytes) => out.extend_from_slice(&bytes),
+            Slot::Wait { mut rx, encode } => {
+                let result = match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(oneshot::error::TryRecvError::Closed) => Err(KvsError::Closed),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        if !out.is_empty() {
+                            out = match write_out(&conn, out).await {
+                                Some(o) => o,
+                                None => return,
+                            };
+                        }
+                        rx.await.unwrap_or(Err(KvsError::Closed))
+                    }
+                };
+                encode(result, &mut out);
+            }
             Slot::Task(handle) => {
                 if !out.is_empty() && !handle.is_finished() {
                     out = match write_out(&conn, out).await {
@@ -310,15 +334,59 @@ pub struct Native {
 
 fn encode(r: &Response) -> Vec<u8> {
     let mut out = Vec::new();
-    if encode_response(r, &mut out).is_err() {
-        out.clear();
+    encode_into(r, &mut out);
+    out
+}
+
+/// The slot that answers a started operation, encoded by `encode`.
+pub fn answer(started: Started, encode: Encoder) -> Slot {
+    match started {
+        Started::Now(r) => {
+            let mut out = Vec::new();
+            encode(r, &mut out);
+            Slot::Ready(out)
+        }
+        Started::Later(rx) => Slot::Wait { rx, encode },
+        Started::Task(f) => Slot::Task(tokio::task::spawn_local(async move {
+            let mut out = Vec::new();
+            encode(f.await, &mut out);
+            out
+        })),
+    }
+}
+
+fn encode_into(r: &Response, out: &mut Vec<u8>) {
+    let start = out.len();
+    if encode_response(r, out).is_err() {
+        out.truncate(start);
         let e = Response::Error {
             kind: ErrorKind::Internal,
             message: "response could not be encoded".into(),
         };
-        let _ = encode_response(&e, &mut out);
+        let _ = encode_response(&e, out);
     }
-    out
+}
+
+fn native_get(r: OpResult, out: &mut Vec<u8>) {
+    match r {
+        Ok(v) => encode_into(&Response::Value(v), out),
+        Err(e) => encode_into(&error_response(&e), out),
+    }
+}
+
+fn native_set(r: OpResult, out: &mut Vec<u8>) {
+    match r {
+        Ok(_) => encode_into(&Response::Ok, out),
+        Err(e) => encode_into(&error_response(&e), out),
+    }
+}
+
+fn native_remove(r: OpResult, out: &mut Vec<u8>) {
+    match r {
+        Ok(_) => encode_into(&Response::Ok, out),
+        Err(KvsError::KeyNotFound) => encode_into(&Response::NotFound, out),
+        Err(e) => encode_into(&error_response(&e), out),
+    }
 }
 
 /// The error response for an engine error.
@@ -396,44 +464,9 @@ impl<S: Store> Dialect<S> for Native {
                     })
                 }))
             }
-            Request::Get { key } => {
-                if let Some(r) = store.get_now(&key) {
-                    let response = match r {
-                        Ok(v) => Response::Value(v),
-                        Err(e) => error_response(&e),
-                    };
-                    return Step::Request {
-                        slot: Slot::Ready(encode(&response)),
-                        used,
-                    };
-                }
-                let f = store.call(Op::Get(key));
-                Slot::Task(tokio::task::spawn_local(async move {
-                    encode(&match f.await {
-                        Ok(v) => Response::Value(v),
-                        Err(e) => error_response(&e),
-                    })
-                }))
-            }
-            Request::Set { key, value } => {
-                let f = store.call(Op::Set(key, value));
-                Slot::Task(tokio::task::spawn_local(async move {
-                    encode(&match f.await {
-                        Ok(_) => Response::Ok,
-                        Err(e) => error_response(&e),
-                    })
-                }))
-            }
-            Request::Remove { key } => {
-                let f = store.call(Op::Remove(key));
-                Slot::Task(tokio::task::spawn_local(async move {
-                    encode(&match f.await {
-                        Ok(_) => Response::Ok,
-                        Err(KvsError::KeyNotFound) => Response::NotFound,
-                        Err(e) => error_response(&e),
-                    })
-                }))
-            }
+            Request::Get { key } => answer(store.start(Op::Get(key)), native_get),
+            Request::Set { key, value } => answer(store.start(Op::Set(key, value)), native_set),
+            Request::Remove { key } => answer(store.start(Op::Remove(key)), native_remove),
         };
         Step::Request { slot, used }
     }
