@@ -40,6 +40,9 @@ pub const IDLE_TIMEOUT_MS: u64 = 300_000;
 pub const FRAME_TIMEOUT_MS: u64 = 10_000;
 /// Requests one connection may have in flight before the server stops reading from it.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+/// Bytes one connection may have in flight (request frames, plus values being read from disk for
+/// it) before the server stops reading from it. One request is always admitted.
+pub const REQUEST_BYTES_IN_FLIGHT_MAX: usize = 32 * 1024 * 1024;
 /// Bytes of responses one connection may have queued before the server stops reading from it.
 pub const RESPONSE_BYTES_QUEUED_MAX: usize = 16 * 1024 * 1024;
 /// Default time a client gives resolving the address, connecting and exchanging hellos.
@@ -61,6 +64,7 @@ pub const PARTITIONS_MAX: u32 = 1024;
 
 const _: () = assert!(SEGMENT_BYTES_MIN as usize >= 64);
 const _: () = assert!(FRAME_BYTES_MAX > KEY_BYTES_MAX + VALUE_BYTES_MAX);
+const _: () = assert!(REQUEST_BYTES_IN_FLIGHT_MAX >= FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(RESP_COMMAND_BYTES_MAX >= FRAME_BYTES_MAX + RESP_LINE_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT as usize > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);

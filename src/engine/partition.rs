@@ -250,6 +250,16 @@ impl<D: Disk> Partition<D> {
         None
     }
 
+    /// The length of `key`'s record on disk, if the key is live.
+    pub fn record_len(&self, key: &[u8]) -> Option<usize> {
+        self.inner
+            .state
+            .borrow()
+            .index
+            .get(key)
+            .map(|loc| loc.len as usize)
+    }
+
     /// The value of `key`, from the cache or read from disk and checked.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         let (file, loc) = {

@@ -102,6 +102,11 @@ impl<D: Disk> Shard<D> {
         })
     }
 
+    /// The length of `key`'s record in `partition`, if it is live there.
+    pub fn record_len(&self, partition: u32, key: &[u8]) -> Option<usize> {
+        self.partitions.get(&partition)?.record_len(key)
+    }
+
     /// A get answered without I/O, when the partition can (see [`Partition::get_cached`]).
     pub fn get_cached(&self, partition: u32, key: &[u8]) -> Option<Option<Bytes>> {
         self.partitions.get(&partition)?.get_cached(key)

@@ -64,7 +64,7 @@ fn wrong_args(cmd: &str) -> Vec<u8> {
 }
 
 fn task(f: impl std::future::Future<Output = Vec<u8>> + 'static) -> Slot {
-    Slot::Task(tokio::task::spawn_local(f))
+    Slot::Task(tokio::task::spawn_local(f), 0)
 }
 
 impl<S: Store> Dialect<S> for Resp {

@@ -23,7 +23,9 @@ use tokio::time::Instant;
 use super::net::NetStream;
 use super::router::{Started, Store};
 use crate::engine::shard::{Op, OpResult};
-use crate::limits::{FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, RESPONSE_BYTES_QUEUED_MAX};
+use crate::limits::{
+    FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, REQUEST_BYTES_IN_FLIGHT_MAX, RESPONSE_BYTES_QUEUED_MAX,
+};
 use crate::protocol::{
     decode_client_hello, decode_request, encode_response, encode_server_hello, frame_len_hint,
     is_native_magic_start, ErrorKind, HelloStatus, ProtocolError, Request, Response,
@@ -49,13 +51,29 @@ pub type Encoder = fn(OpResult, &mut Vec<u8>);
 /// stream.
 pub enum Slot {
     Ready(Vec<u8>),
+    /// A result known at once, encoded only when it is written (a cached value is shared, not
+    /// copied, however many requests wait for it).
+    Done {
+        result: OpResult,
+        encode: Encoder,
+    },
     Wait {
         rx: oneshot::Receiver<OpResult>,
         encode: Encoder,
     },
-    Task(JoinHandle<Vec<u8>>),
+    /// A response being computed, and the bytes it may hold (charged to the connection).
+    Task(JoinHandle<Vec<u8>>, usize),
     /// Send everything before this, then close.
     Close,
+}
+
+impl Slot {
+    fn charge(&self) -> usize {
+        match self {
+            Slot::Task(_, bytes) => *bytes,
+            _ => 0,
+        }
+    }
 }
 
 /// What a dialect made of the bytes at the head of the read buffer.
@@ -79,7 +97,9 @@ pub trait Dialect<S: Store>: 'static {
 /// State shared by a connection's tasks.
 pub struct Conn<N> {
     pub stream: N,
-    queue: RefCell<VecDeque<Slot>>,
+    /// Unanswered requests, each with the bytes it is charged.
+    queue: RefCell<VecDeque<(Slot, usize)>>,
+    inflight_bytes: Cell<usize>,
     queued: Notify,
     drained: Notify,
     last_request: Cell<Instant>,
@@ -95,6 +115,7 @@ impl<N: NetStream> Conn<N> {
         Conn {
             stream,
             queue: RefCell::new(VecDeque::new()),
+            inflight_bytes: Cell::new(0),
             queued: Notify::new(),
             drained: Notify::new(),
             last_request: Cell::new(Instant::now()),
@@ -118,9 +139,18 @@ impl<N: NetStream> Conn<N> {
         }
     }
 
-    fn push(&self, slot: Slot) {
-        self.queue.borrow_mut().push_back(slot);
+    fn push(&self, slot: Slot, bytes: usize) {
+        self.inflight_bytes.set(self.inflight_bytes.get() + bytes);
+        self.queue.borrow_mut().push_back((slot, bytes));
         self.queued.notify_one();
+    }
+
+    /// Whether the reader must wait for answers before starting more requests.
+    fn full(&self) -> bool {
+        let q = self.queue.borrow();
+        !q.is_empty()
+            && (q.len() >= REQUESTS_IN_FLIGHT_MAX
+                || self.inflight_bytes.get() >= REQUEST_BYTES_IN_FLIGHT_MAX)
     }
 }
 
@@ -145,7 +175,7 @@ pub async fn serve_connection<N: NetStream, S: Store>(
                 read_requests(&conn, &store, super::resp::Resp::default(), first).await;
             }
         }
-        _ => conn.push(Slot::Close),
+        _ => conn.push(Slot::Close, 0),
     }
     let _ = writer.await;
     conn.close();
@@ -166,7 +196,7 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
         let mut used = 0;
         let mut fatal = false;
         while !conn.closed.get() {
-            if conn.queue.borrow().len() >= REQUESTS_IN_FLIGHT_MAX {
+            if conn.full() {
                 store.flush();
                 conn.drained.notified().await;
                 continue;
@@ -177,7 +207,8 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
                     used += n;
                     conn.last_request.set(Instant::now());
                     let close = matches!(slot, Slot::Close);
-                    conn.push(slot);
+                    let charge = n + slot.charge();
+                    conn.push(slot, charge);
                     if close {
                         fatal = true;
                         break;
@@ -185,9 +216,9 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
                 }
                 Step::Fatal { reply } => {
                     if !reply.is_empty() {
-                        conn.push(Slot::Ready(reply));
+                        conn.push(Slot::Ready(reply), 0);
                     }
-                    conn.push(Slot::Close);
+                    conn.push(Slot::Close, 0);
                     fatal = true;
                     break;
                 }
@@ -219,14 +250,14 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
             Ok(_) => {}
         }
     }
-    conn.push(Slot::Close);
+    conn.push(Slot::Close, 0);
 }
 
 async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        let slot = conn.queue.borrow_mut().pop_front();
-        let Some(slot) = slot else {
+        let next = conn.queue.borrow_mut().pop_front();
+        let Some((slot, charged)) = next else {
             if !out.is_empty() {
                 out = match write_out(&conn, out).await {
                     Some(o) => o,
@@ -240,9 +271,9 @@ async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
             conn.queued.notified().await;
             continue;
         };
-        conn.drained.notify_one();
         match slot {
             Slot::Ready(bytes) => out.extend_from_slice(&bytes),
+            Slot::Done { result, encode } => encode(result, &mut out),
             Slot::Wait { mut rx, encode } => {
                 let result = match rx.try_recv() {
                     Ok(r) => r,
@@ -259,7 +290,7 @@ async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
                 };
                 encode(result, &mut out);
             }
-            Slot::Task(handle) => {
+            Slot::Task(handle, _) => {
                 if !out.is_empty() && !handle.is_finished() {
                     out = match write_out(&conn, out).await {
                         Some(o) => o,
@@ -282,6 +313,9 @@ async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
                 return;
             }
         }
+        // Answered: the reader may start more.
+        conn.inflight_bytes.set(conn.inflight_bytes.get() - charged);
+        conn.drained.notify_one();
         if out.len() >= WRITE_GATHER_BYTES.min(RESPONSE_BYTES_QUEUED_MAX) {
             out = match write_out(&conn, out).await {
                 Some(o) => o,
@@ -341,17 +375,16 @@ fn encode(r: &Response) -> Vec<u8> {
 /// The slot that answers a started operation, encoded by `encode`.
 pub fn answer(started: Started, encode: Encoder) -> Slot {
     match started {
-        Started::Now(r) => {
-            let mut out = Vec::new();
-            encode(r, &mut out);
-            Slot::Ready(out)
-        }
+        Started::Now(result) => Slot::Done { result, encode },
         Started::Later(rx) => Slot::Wait { rx, encode },
-        Started::Task(f) => Slot::Task(tokio::task::spawn_local(async move {
-            let mut out = Vec::new();
-            encode(f.await, &mut out);
-            out
-        })),
+        Started::Task(f, bytes) => Slot::Task(
+            tokio::task::spawn_local(async move {
+                let mut out = Vec::new();
+                encode(f.await, &mut out);
+                out
+            }),
+            bytes,
+        ),
     }
 }
 
@@ -457,12 +490,13 @@ impl<S: Store> Dialect<S> for Native {
             Request::Ping => Slot::Ready(encode(&Response::Pong)),
             Request::Stats => {
                 let stats = store.stats();
-                Slot::Task(tokio::task::spawn_local(async move {
+                let task = tokio::task::spawn_local(async move {
                     encode(&match stats.await {
                         Ok(s) => Response::Stats(s),
                         Err(e) => error_response(&e),
                     })
-                }))
+                });
+                Slot::Task(task, 0)
             }
             Request::Get { key } => answer(store.start(Op::Get(key)), native_get),
             Request::Set { key, value } => answer(store.start(Op::Set(key, value)), native_set),
