@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::net::NetStream;
 use super::router::Store;
+use super::ServerFacts;
 use crate::engine::shard::Op;
 use crate::limits::{FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, RESPONSE_BYTES_QUEUED_MAX};
 use crate::protocol::{
@@ -122,6 +123,7 @@ pub async fn serve_connection<N: NetStream, S: Store>(
     conn: Rc<Conn<N>>,
     store: S,
     limits: SessionLimits,
+    facts: ServerFacts,
 ) {
     let timer = tokio::task::spawn_local(watch_timeouts(conn.clone(), limits));
     let writer = tokio::task::spawn_local(write_responses(conn.clone()));
@@ -134,7 +136,7 @@ pub async fn serve_connection<N: NetStream, S: Store>(
             if is_native_magic_start(first[0]) {
                 read_requests(&conn, &store, Native::default(), first).await;
             } else {
-                read_requests(&conn, &store, super::resp::Resp::default(), first).await;
+                read_requests(&conn, &store, super::resp::Resp::new(facts), first).await;
             }
         }
         _ => conn.push(Slot::Close),
