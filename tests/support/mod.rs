@@ -7,3 +7,5 @@
 )]
 
 pub mod seccomp;
+pub mod server;
+pub mod wire;
