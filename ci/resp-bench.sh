@@ -5,7 +5,9 @@
 # kvs, redis, kvs, redis, ... each on a freshly started server with an empty data directory,
 # so drift on a shared machine hits both alike. For each durability pairing it prints, per
 # test, the median over the rounds of requests per second and of the p50 and p99 latencies,
-# and the ratio kvs/redis of the median throughputs.
+# and the ratio kvs/redis of the median throughputs. Each measured run follows an unrecorded
+# warm-up run with a tenth of the requests. redis-benchmark reports p50, p95, p99 and max
+# latencies, not p99.9.
 #
 # Durability pairings (kvs-server --fsync against redis-server's append-only file):
 #   always    kvs --fsync always    vs redis --appendonly yes --appendfsync always
@@ -119,8 +121,11 @@ start_redis() {
 
 # Runs the benchmark on CPU 1 against $port; appends "server,test,rps,p50,p99" lines to $results.
 # The CSV columns are test, rps, avg, min, p50, p95, p99 and max latency.
+# A tenth of the requests first, unrecorded, as a warm-up.
 bench() {
   local server=$1
+  taskset -c 1 redis-benchmark -h 127.0.0.1 -p "$port" -t set,get,mset -n $((requests / 10)) \
+    -P "$pipeline" -c "$clients" --csv >/dev/null 2>&1
   taskset -c 1 redis-benchmark -h 127.0.0.1 -p "$port" -t set,get,mset -n "$requests" \
     -P "$pipeline" -c "$clients" --csv 2>"$work/bench.err" |
     awk -F, -v s="$server" 'NR > 1 { gsub(/"/, ""); print s "," $1 "," $2 "," $5 "," $7 }' >>"$results"
@@ -140,7 +145,7 @@ echo "# CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(nproc --all)
 echo "# kvs commit $commit; $("$kvs_server" --version); $(redis-server --version | cut -d' ' -f1-3)"
 echo "# data directory filesystem: $(df -T "$work" | awk 'NR == 2 { print $2 " on " $1 }')"
 echo "# command: taskset -c 1 redis-benchmark -h 127.0.0.1 -p PORT -t set,get,mset -n $requests -P $pipeline -c $clients --csv"
-echo "# servers: taskset -c 0; kvs-server --cores 1 --io $io; $rounds rounds, A B A B, fresh servers each round"
+echo "# servers: taskset -c 0; kvs-server --cores 1 --io $io; $rounds rounds, A B A B, fresh servers each round, warm-up -n $((requests / 10)) first"
 echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for pairing in $pairings; do
