@@ -224,6 +224,21 @@ fn redis_cli_round_trips_binary_values_and_values_with_crlf() {
             redis_cli(&cli, port, &[b"DEL", b"bin", b"esc", b"nope"], b""),
             b"2\n"
         );
+
+        // Asked for RESP3, redis-cli reports the refusal and carries on in RESP2.
+        let port_arg = port.to_string();
+        let words = ["-3", "-p", port_arg.as_str(), "PING"];
+        let args: Vec<&OsStr> = words.iter().map(OsStr::new).collect();
+        let out = run(&cli, &args, &[], b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && out.stdout == b"PONG\n",
+            "{backend:?}: {out:?}"
+        );
+        assert!(
+            stderr.contains("NOPROTO unsupported protocol version"),
+            "{backend:?}: {stderr}"
+        );
     }
 }
 
