@@ -16,6 +16,8 @@ pub const RESP_COMMAND_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Longest RESP line without its CRLF: an inline command, or a `*`/`$`/`+`/`-`/`:` header.
 /// Redis uses the same figure (`PROTO_INLINE_MAX_SIZE`).
 pub const RESP_LINE_BYTES_MAX: usize = 64 * 1024;
+/// Longest connection name a RESP client may set (`CLIENT SETNAME`, `HELLO ... SETNAME`).
+pub const CLIENT_NAME_BYTES_MAX: usize = 1024;
 /// Deepest nesting of arrays in a RESP reply the client side accepts.
 pub const RESP_REPLY_DEPTH_MAX: usize = 64;
 
@@ -67,6 +69,7 @@ const _: () = assert!(FRAME_BYTES_MAX > KEY_BYTES_MAX + VALUE_BYTES_MAX);
 const _: () = assert!(REQUEST_BYTES_IN_FLIGHT_MAX >= FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(RESP_COMMAND_BYTES_MAX >= FRAME_BYTES_MAX + RESP_LINE_BYTES_MAX);
+const _: () = assert!(CLIENT_NAME_BYTES_MAX <= RESP_LINE_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT as usize > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);
 const _: () = assert!(WRITE_BATCH_BYTES_MAX <= SEGMENT_BYTES_DEFAULT as usize);
 // The kernel rounds ring sizes up to a power of two and refuses more than 32768 entries.

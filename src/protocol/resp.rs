@@ -505,8 +505,8 @@ fn parse_len(digits: &[u8], max: usize, err: RespError) -> Result<usize, RespErr
 }
 
 /// A strict decimal i64, as Redis's `string2ll` reads one: optional `-`, no `+`, no spaces,
-/// no leading zeros, no `-0`, no overflow.
-fn parse_i64(digits: &[u8]) -> Option<i64> {
+/// no leading zeros, no `-0`, no overflow. Servers read integer arguments with it too.
+pub fn parse_i64(digits: &[u8]) -> Option<i64> {
     let (negative, magnitude) = match digits.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),

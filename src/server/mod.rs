@@ -24,7 +24,7 @@ pub mod worker;
 
 use crate::engine::meta::{EngineKind, StoreMeta};
 use crate::engine::{FsyncPolicy, SledKvsEngine, StoreOptions};
-use crate::io_backend::{BackendChoice, IoChoice};
+use crate::io_backend::{BackendChoice, IoBackendKind, IoChoice};
 use crate::limits::{
     CONNECTIONS_MAX, FRAME_TIMEOUT_MS, IDLE_TIMEOUT_MS, PARTITIONS_MAX, SHUTDOWN_GRACE_MS,
 };
@@ -72,6 +72,23 @@ impl ServerConfig {
             frame_timeout: Duration::from_millis(FRAME_TIMEOUT_MS),
         }
     }
+}
+
+/// What a running server tells clients about itself (RESP's `INFO`, `HELLO` and
+/// `CONFIG GET`). Settled at start-up, once the port, backend and partitions are known.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerFacts {
+    /// The port actually bound (never 0).
+    pub port: u16,
+    pub io_backend: IoBackendKind,
+    pub engine: EngineKind,
+    pub fsync: FsyncPolicy,
+    pub workers: usize,
+    pub partitions: u32,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    /// When the server started, for uptime.
+    pub started: Instant,
 }
 
 /// Partitions a new directory gets: at least four, and at least one per worker, so that a
@@ -200,6 +217,17 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
         idle_timeout: config.idle_timeout,
         frame_timeout: config.frame_timeout,
     };
+    let facts = ServerFacts {
+        port: addr.port(),
+        io_backend: backend.kind,
+        engine: meta.engine,
+        fsync: config.fsync,
+        workers,
+        partitions: meta.partitions,
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+        started: Instant::now(),
+    };
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 
     let mut threads = Vec::with_capacity(workers);
@@ -226,6 +254,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
             connections: connections.clone(),
             max_connections: config.max_connections,
             limits: limits.clone(),
+            facts,
             ready: ready_tx.clone(),
             drained: drained_tx.clone(),
         };

@@ -34,6 +34,10 @@ pub trait NetListener: 'static {
     fn stop(&self);
 }
 
+/// Room a read makes when the buffer it is given is full, so that it never reads zero bytes
+/// (which would look like the end of the stream).
+const READ_BYTES_MIN: usize = 64;
+
 // ---- io_uring ----------------------------------------------------------------------------
 
 pub struct UringStream(tokio_uring::net::TcpStream);
@@ -41,10 +45,10 @@ pub struct UringStream(tokio_uring::net::TcpStream);
 impl NetStream for UringStream {
     async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         use tokio_uring::buf::BoundedBuf;
-        // tokio-uring reads into a buffer from its start; a slice of the spare capacity
-        // makes the read append.
+        // tokio-uring reads a Vec from its start, over what it holds; a slice from the
+        // current length makes the read append, as this trait promises.
         if buf.len() == buf.capacity() {
-            buf.reserve(4096);
+            buf.reserve(READ_BYTES_MIN);
         }
         let len = buf.len();
         let (res, slice) = self.0.read(buf.slice(len..)).await;
@@ -200,4 +204,71 @@ pub fn bind_shards(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::T
         out.push(s.into());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// Sends `first`, reads it into a buffer already holding `held`, sends `second`, reads
+    /// again; returns the buffer.
+    async fn two_reads<L: NetListener>(listener: L, addr: SocketAddr, held: &[u8]) -> Vec<u8> {
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::with_capacity(held.len());
+        buf.extend_from_slice(held);
+        for part in [&b"first "[..], b"second"] {
+            client.write_all(part).unwrap();
+            let want = buf.len() + part.len();
+            while buf.len() < want {
+                let (res, b) = stream.read(buf).await;
+                buf = b;
+                assert!(
+                    res.unwrap() > 0,
+                    "a read into a full buffer must not look like the end"
+                );
+                assert!(
+                    buf.starts_with(held),
+                    "the read overwrote what was held: {:?}",
+                    String::from_utf8_lossy(&buf)
+                );
+            }
+        }
+        buf
+    }
+
+    fn bound() -> (std::net::TcpListener, SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    #[test]
+    fn reads_append_to_what_the_buffer_holds_on_both_backends() {
+        // Guards against a read overwriting a partial request kept from the previous read.
+        let (std_listener, addr) = bound();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            two_reads(EpollListener::new(std_listener).unwrap(), addr, b"held ").await
+        });
+        assert_eq!(got, b"held first second");
+
+        if let Err(e) = crate::io_backend::uring::probe() {
+            println!("skipped: the io_uring half: io_uring is unavailable here: {e}");
+            return;
+        }
+        let (std_listener, addr) = bound();
+        let got = crate::io_backend::uring::runtime()
+            .unwrap()
+            .block_on(async {
+                two_reads(UringListener::new(std_listener).unwrap(), addr, b"held ").await
+            });
+        assert_eq!(got, b"held first second");
+    }
 }

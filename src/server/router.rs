@@ -40,11 +40,6 @@ pub trait Store: Clone + 'static {
             Started::Task(f, _) => f,
         }
     }
-    /// A get answered at once when it needs no I/O and no hop (a cache hit, or a key the local
-    /// index does not have); `None` means use [`Store::call`].
-    fn get_now(&self, _key: &[u8]) -> Option<OpResult> {
-        None
-    }
     /// Sends held operations to their owners: one message per owner.
     fn flush(&self);
     fn stats(&self) -> LocalBoxFuture<Result<StatsReport>>;
@@ -133,14 +128,6 @@ impl<D: Disk> Store for KvsRouter<D> {
         let (tx, rx) = oneshot::channel();
         self.inner.held.borrow_mut()[owner].push((partition, op, tx));
         Started::Later(rx)
-    }
-
-    fn get_now(&self, key: &[u8]) -> Option<OpResult> {
-        let partition = partition_of(key, self.inner.partitions);
-        if self.inner.owner_of[partition as usize] != self.inner.me {
-            return None;
-        }
-        self.inner.shard.get_cached(partition, key).map(Ok)
     }
 
     fn flush(&self) {

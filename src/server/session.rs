@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::net::NetStream;
 use super::router::{Started, Store};
+use super::ServerFacts;
 use crate::engine::shard::{Op, OpResult};
 use crate::limits::{
     FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, REQUEST_BYTES_IN_FLIGHT_MAX, RESPONSE_BYTES_QUEUED_MAX,
@@ -160,6 +161,7 @@ pub async fn serve_connection<N: NetStream, S: Store>(
     conn: Rc<Conn<N>>,
     store: S,
     limits: SessionLimits,
+    facts: ServerFacts,
 ) {
     let timer = tokio::task::spawn_local(watch_timeouts(conn.clone(), limits));
     let writer = tokio::task::spawn_local(write_responses(conn.clone()));
@@ -172,7 +174,7 @@ pub async fn serve_connection<N: NetStream, S: Store>(
             if is_native_magic_start(first[0]) {
                 read_requests(&conn, &store, Native::default(), first).await;
             } else {
-                read_requests(&conn, &store, super::resp::Resp::default(), first).await;
+                read_requests(&conn, &store, super::resp::Resp::new(facts), first).await;
             }
         }
         _ => conn.push(Slot::Close, 0),

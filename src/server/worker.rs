@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::net::{EpollListener, NetListener, NetStream, UringListener};
 use super::router::{KvsRouter, SledStore, Store};
 use super::session::{self, Conn, SessionLimits};
+use super::ServerFacts;
 use crate::engine::shard::{Shard, ShardMsg};
 use crate::engine::{PartitionConfig, SledKvsEngine};
 use crate::io_backend::{self, BlockingDisk, Disk, IoBackendKind, UringDisk};
@@ -54,6 +55,7 @@ pub struct WorkerSetup {
     pub connections: Arc<AtomicUsize>,
     pub max_connections: usize,
     pub limits: SessionLimits,
+    pub facts: ServerFacts,
     /// Reports start-up (partitions opened) to the main thread.
     pub ready: std::sync::mpsc::Sender<(usize, Result<()>)>,
     /// Reports that every session has finished after `Drain`.
@@ -168,6 +170,7 @@ async fn run_sessions<L: NetListener, S: Store>(listener: L, store: S, setup: &m
         let connections = setup.connections.clone();
         let max = setup.max_connections;
         let limits = setup.limits.clone();
+        let facts = setup.facts;
         let index = setup.index;
         tokio::task::spawn_local(async move {
             let mut next_id = 0u64;
@@ -203,7 +206,7 @@ async fn run_sessions<L: NetListener, S: Store>(listener: L, store: S, setup: &m
                     limits.clone(),
                 );
                 tokio::task::spawn_local(async move {
-                    session::serve_connection(conn, store, limits).await;
+                    session::serve_connection(conn, store, limits, facts).await;
                     sessions.borrow_mut().remove(&id);
                     connections.fetch_sub(1, Ordering::AcqRel);
                     ended.notify_one();

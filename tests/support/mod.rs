@@ -9,3 +9,4 @@
 pub mod native;
 pub mod seccomp;
 pub mod server;
+pub mod wire;

@@ -1,11 +1,17 @@
-//! Runs the real `kvs-server` binary for a test: a free loopback port, a data directory, its
-//! stderr captured, readiness by polling (never by sleeping), and kill on drop.
+//! Runs the real `kvs-server` binary for a test, and finds the Redis tools tests compare with.
+//!
+//! [`ServerBuilder::start`] starts the server in a given data directory, by default on
+//! `127.0.0.1:0`: the server binds one ephemeral port for all its workers and logs it, and the
+//! helper reads the port from that log line (so no other process can take the port between
+//! choosing and binding it), then polls until the port accepts connections, within a deadline.
+//! Dropping the handle kills the server. [`KvsServer`] does the same in a fresh temporary
+//! directory. [`RedisServer`] starts a real `redis-server`, for tests that compare replies.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_kvs-server");
@@ -18,20 +24,45 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// The I/O backends to test here: blocking always, uring where the machine allows it.
-pub fn io_backends() -> Vec<&'static str> {
-    let mut v = vec!["blocking"];
+/// How long a server may take to open its partitions and listen.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An I/O backend a test server runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Blocking,
+}
+
+impl Backend {
+    /// The value of `kvs-server --io`.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Backend::Uring => "uring",
+            Backend::Blocking => "blocking",
+        }
+    }
+}
+
+/// The backends to run on here: blocking always; uring where the machine allows it.
+pub fn backends() -> Vec<Backend> {
+    let mut v = vec![Backend::Blocking];
     match kvs::io_backend::uring::probe() {
-        Ok(()) => v.push("uring"),
+        Ok(()) => v.insert(0, Backend::Uring),
         Err(e) => {
             use std::io::Write as _;
             let _ = writeln!(
                 std::io::stderr(),
-                "skipped: the uring half, io_uring is unavailable here: {e}"
+                "skipped: the io_uring half: io_uring is unavailable here: {e}"
             );
         }
     }
     v
+}
+
+/// [`backends`] as `--io` values.
+pub fn io_backends() -> Vec<&'static str> {
+    backends().into_iter().map(Backend::flag).collect()
 }
 
 /// A running `kvs-server`.
@@ -54,7 +85,7 @@ impl ServerBuilder {
     pub fn new(dir: &Path) -> ServerBuilder {
         ServerBuilder {
             dir: dir.to_owned(),
-            addr: free_addr(),
+            addr: "127.0.0.1:0".parse().expect("an address"),
             args: Vec::new(),
             deny_io_uring: false,
         }
@@ -89,26 +120,42 @@ impl ServerBuilder {
         cmd
     }
 
-    /// Starts the server and waits (up to 10 s) until it accepts connections.
+    /// Starts the server and waits until it reports its address and accepts connections.
     pub fn start(self) -> Server {
         let mut child = self.command().spawn().expect("spawn kvs-server");
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
+        let (found, listening) = mpsc::channel();
+        // Keeps draining stderr for the server's whole life, so it never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
+                let addr = listening_addr(&line);
+                {
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+                // After the line is in the log, so a caller that saw the address sees the line.
+                if let Some(addr) = addr {
+                    let _ = found.send(addr);
+                }
             }
         });
-        let server = Server {
+        let mut server = Server {
             child,
             addr: self.addr,
             dir: self.dir,
             stderr,
         };
-        server.wait_listening(Duration::from_secs(10));
+        match listening.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => server.addr = addr,
+            Err(_) => panic!(
+                "kvs-server did not report listening; log:\n{}",
+                server.log()
+            ),
+        }
+        server.wait_listening(START_TIMEOUT);
         server
     }
 }
@@ -126,7 +173,7 @@ impl Server {
     fn wait_listening(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if self.log().contains("listening on") && TcpStream::connect(self.addr).is_ok() {
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
                 return;
             }
             if Instant::now() > deadline {
@@ -205,5 +252,159 @@ pub fn run_to_exit(mut cmd: Command, within: Duration) -> (std::process::ExitSta
             panic!("process did not exit within {within:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The address in the server's `listening on ADDR` log line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// A running `kvs-server` in a temporary directory of its own, with two unpinned workers (so
+/// operations cross between workers).
+pub struct KvsServer {
+    server: Server,
+    backend: Backend,
+    _dir: tempfile::TempDir,
+}
+
+impl KvsServer {
+    pub fn start(backend: Backend) -> KvsServer {
+        KvsServer::start_with(backend, &[])
+    }
+
+    /// Starts a server with extra `kvs-server` flags.
+    pub fn start_with(backend: Backend, extra: &[&str]) -> KvsServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut builder = ServerBuilder::new(dir.path())
+            .io(backend.flag())
+            .arg("--cores")
+            .arg("2")
+            .arg("--no-pin");
+        for a in extra {
+            builder = builder.arg(*a);
+        }
+        KvsServer {
+            server: builder.start(),
+            backend,
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.addr.port()
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.server.log()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.server.child.try_wait(), Ok(None))
+    }
+}
+
+/// A Redis tool (`redis-cli`, `redis-benchmark`, `redis-server`) on `PATH`, or `None` after
+/// printing the skip line for `test`.
+pub fn redis_tool(name: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| is_executable(path));
+    if found.is_none() {
+        println!("skipped: {test}: {name} is not installed (bash ci/install-deps.sh installs it)");
+    }
+    found
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// A `redis-server` for comparisons: no persistence, loopback only, in a temporary
+/// directory. Killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port; a few attempts, since the port is chosen (by
+    /// binding port 0 and releasing it) before redis-server binds it.
+    pub fn start(binary: &Path) -> RedisServer {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new(binary)
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--daemonize", "no", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return RedisServer {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                // Exited: most likely the port was taken in between; try another.
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server does not accept on {addr}"
+                );
+                std::thread::yield_now();
+            }
+        }
+        panic!("redis-server did not start in five attempts");
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
