@@ -978,6 +978,12 @@ impl<D: Disk> Partition<D> {
                 )
                 .await?;
             }
+            // Every record the copy left behind was superseded (overwritten or removed) by a
+            // newer one in the log, and under the interval and never policies the newest of
+            // those may not be durable yet. Deleting the inputs first would let a crash bring
+            // back neither the old value nor the new one: make the log durable before the
+            // commit point.
+            self.sync_log_before_dropping_records().await?;
             // The commit point: a durable manifest naming inputs and outputs.
             let manifest = CompactionManifest {
                 inputs: inputs.iter().map(|&id| u64::from(id)).collect(),
@@ -1046,6 +1052,23 @@ impl<D: Disk> Partition<D> {
         }
         .await;
         finish.map_err(|e| (true, e))
+    }
+
+    /// Syncs the active segment if it holds acknowledged writes not yet synced (segments
+    /// sealed since were synced when they were sealed). A failure refuses writes, as any
+    /// failed fsync does.
+    async fn sync_log_before_dropping_records(&self) -> Result<()> {
+        let file = {
+            let st = self.inner.state.borrow();
+            if st.unsynced_since.is_none() {
+                return Ok(());
+            }
+            st.segments[&st.active].file.clone()
+        };
+        file.sync_data().await.map_err(|e| {
+            self.poison("fsync", &e);
+            self.poisoned_error()
+        })
     }
 
     async fn flush_output(
