@@ -67,6 +67,10 @@ impl ServerBuilder {
         self.args.push(a.into());
         self
     }
+    pub fn args<'a>(mut self, a: impl IntoIterator<Item = &'a str>) -> Self {
+        self.args.extend(a.into_iter().map(String::from));
+        self
+    }
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
         self
@@ -91,6 +95,13 @@ impl ServerBuilder {
 
     /// Starts the server and waits (up to 10 s) until it accepts connections.
     pub fn start(self) -> Server {
+        let server = self.spawn();
+        server.wait_listening(Duration::from_secs(10));
+        server
+    }
+
+    /// Starts the server without waiting for it to listen.
+    pub fn spawn(self) -> Server {
         let mut child = self.command().spawn().expect("spawn kvs-server");
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().unwrap();
@@ -102,14 +113,12 @@ impl ServerBuilder {
                 s.push('\n');
             }
         });
-        let server = Server {
+        Server {
             child,
             addr: self.addr,
             dir: self.dir,
             stderr,
-        };
-        server.wait_listening(Duration::from_secs(10));
-        server
+        }
     }
 }
 
