@@ -420,6 +420,10 @@ impl<D: Disk> Partition<D> {
                 continue;
             }
             self.write_one_batch().await;
+            // Under sustained load the queue may never empty: the interval still holds.
+            if self.sync_deadline().is_some_and(|at| Instant::now() >= at) {
+                self.sync_if_dirty().await;
+            }
         }
     }
 
@@ -825,6 +829,12 @@ impl<D: Disk> Partition<D> {
 
     // ---- compaction ------------------------------------------------------------------
 
+    /// A compaction is running, or due and about to start.
+    pub fn compaction_pending(&self) -> bool {
+        self.inner.state.borrow().compacting
+            || (self.inner.cfg.auto_compact && self.compaction_due())
+    }
+
     fn compaction_due(&self) -> bool {
         let st = self.inner.state.borrow();
         if st.compacting
@@ -1027,6 +1037,12 @@ impl<D: Disk> Partition<D> {
                 )
                 .await?;
             }
+            // Every record the copy left behind was superseded (overwritten or removed) by a
+            // newer one in the log, and under the interval and never policies the newest of
+            // those may not be durable yet. Deleting the inputs first would let a crash bring
+            // back neither the old value nor the new one: make the log durable before the
+            // commit point.
+            self.sync_log_before_dropping_records().await?;
             // The commit point: a durable manifest naming inputs and outputs.
             let manifest = CompactionManifest {
                 inputs: inputs.iter().map(|&id| u64::from(id)).collect(),
@@ -1095,6 +1111,23 @@ impl<D: Disk> Partition<D> {
         }
         .await;
         finish.map_err(|e| (true, e))
+    }
+
+    /// Syncs the active segment if it holds acknowledged writes not yet synced (segments
+    /// sealed since were synced when they were sealed). A failure refuses writes, as any
+    /// failed fsync does.
+    async fn sync_log_before_dropping_records(&self) -> Result<()> {
+        let file = {
+            let st = self.inner.state.borrow();
+            if st.unsynced_since.is_none() {
+                return Ok(());
+            }
+            st.segments[&st.active].file.clone()
+        };
+        file.sync_data().await.map_err(|e| {
+            self.poison("fsync", &e);
+            self.poisoned_error()
+        })
     }
 
     async fn flush_output(

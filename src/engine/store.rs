@@ -70,12 +70,22 @@ pub fn partition_dir(dir: &Path, id: u32) -> PathBuf {
 
 /// Takes the directory's lock file; a second process gets [`KvsError::Locked`].
 pub fn lock_dir(dir: &Path) -> Result<File> {
-    meta::create_dir_durable(dir)?;
+    // The first touch of the directory: an error here (a read-only filesystem, no
+    // permission) names the path, since nothing else in the message would.
+    let with_path = |what: &str, path: &Path, e: std::io::Error| {
+        KvsError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot {what} {}: {e}", path.display()),
+        ))
+    };
+    meta::create_dir_durable(dir).map_err(|e| with_path("create the data directory", dir, e))?;
+    let lock = dir.join("LOCK");
     let f = meta::owner_only()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join("LOCK"))?;
+        .open(&lock)
+        .map_err(|e| with_path("open the lock file", &lock, e))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(KvsError::Locked(dir.to_owned())),

@@ -56,6 +56,7 @@ backend_tests!(
     flipped_bit_before_valid_records_refuses_open,
     interrupted_compaction_finishes_on_open,
     overwrites_keep_disk_within_twice_live_data,
+    interval_fsync_holds_under_sustained_writes,
     enospc_on_write_is_disk_full_and_recoverable,
     failed_fsync_poisons_writes_but_serves_reads,
     crash_at_any_write_step_keeps_acknowledged_writes,
@@ -446,9 +447,14 @@ async fn overwrites_keep_disk_within_twice_live_data<D: Disk>(disk: D, dir: &Pat
                 .await
                 .unwrap();
         }
-        // Let a compaction that was started run to completion before sampling.
-        for _ in 0..50 {
-            tokio::task::yield_now().await;
+        // Let a compaction that was started (or is due) run to completion before sampling.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while p.compaction_pending() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "compaction did not finish"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let live = p.stats().live_bytes as f64;
         let on_disk: u64 = std::fs::read_dir(dir)
@@ -461,6 +467,38 @@ async fn overwrites_keep_disk_within_twice_live_data<D: Disk>(disk: D, dir: &Pat
     }
     eprintln!("pure overwrites: worst disk/live ratio {worst:.2} (excluding the preallocated spare segment)");
     assert!(worst <= 2.0, "disk use reached {worst:.2}x the live data");
+    p.close().await;
+}
+
+// Guards against the interval policy waiting for an idle moment that a busy log never has.
+async fn interval_fsync_holds_under_sustained_writes<D: Disk>(disk: D, dir: &Path) {
+    let mut c = cfg(dir);
+    c.segment_bytes = 64 * 1024 * 1024;
+    c.fsync = super::durability::FsyncPolicy::Interval(std::time::Duration::from_millis(5));
+    let counting = FaultyDisk::new(disk.clone(), u64::MAX, Fault::Crash).skipping_syncs();
+    let p = Partition::open(counting.clone(), c).await.unwrap();
+    let before = counting.data_syncs();
+    // Keep the write queue from ever emptying for 200 ms: many writers, each writing again as
+    // soon as its last write is acknowledged.
+    let stop = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let p = p.clone();
+            tokio::task::spawn_local(async move {
+                let mut i = 0u64;
+                while std::time::Instant::now() < stop {
+                    p.set(b(format!("w{w}-{}", i % 100)), b("v")).await.unwrap();
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let syncs = counting.data_syncs() - before;
+    // 200 ms at a 5 ms interval is 40 deadlines; allow for a slow machine.
+    assert!(syncs >= 10, "only {syncs} fdatasyncs in 200 ms of sustained writes");
     p.close().await;
 }
 

@@ -103,6 +103,8 @@ struct Plan {
     hit: Cell<Option<&'static str>>,
     /// Count and fault syncs, but do not pass them on.
     skip_syncs: bool,
+    /// fdatasyncs of files seen so far.
+    data_syncs: Cell<u64>,
 }
 
 /// Wraps a disk and injects one fault at the `at`-th mutating operation (1-based).
@@ -128,6 +130,7 @@ impl<D> FaultyDisk<D> {
                 dead: Cell::new(false),
                 hit: Cell::new(None),
                 skip_syncs: false,
+                data_syncs: Cell::new(0),
             }),
         }
     }
@@ -145,6 +148,10 @@ impl<D> FaultyDisk<D> {
     /// Mutating operations seen so far.
     pub fn ops(&self) -> u64 {
         self.plan.ops.get()
+    }
+    /// fdatasyncs of files seen so far.
+    pub fn data_syncs(&self) -> u64 {
+        self.plan.data_syncs.get()
     }
     /// Whether the injected crash has happened.
     pub fn crashed(&self) -> bool {
@@ -223,6 +230,7 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
         }
     }
     async fn sync_data(&self) -> io::Result<()> {
+        self.plan.data_syncs.set(self.plan.data_syncs.get() + 1);
         self.plan.sync("sync_data", self.inner.sync_data()).await
     }
     async fn set_len(&self, len: u64) -> io::Result<()> {

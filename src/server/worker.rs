@@ -71,6 +71,7 @@ pub fn run(setup: WorkerSetup) {
     }
     let index = setup.index;
     let ready = setup.ready.clone();
+    let drained = setup.drained.clone();
     let result: Result<()> = match setup.backend {
         IoBackendKind::Uring => (|| {
             let rt = io_backend::uring::runtime()?;
@@ -90,6 +91,7 @@ pub fn run(setup: WorkerSetup) {
                     Ok(l) => worker_main(disk.clone(), l, setup).await,
                     Err(e) => {
                         let _ = setup.ready.send((setup.index, Err(e.into())));
+                        let _ = setup.drained.send(setup.index);
                     }
                 }
             });
@@ -99,6 +101,9 @@ pub fn run(setup: WorkerSetup) {
     };
     if let Err(e) = result {
         let _ = ready.send((index, Err(e)));
+        // A worker that never served has nothing to drain; without this the shutdown that
+        // follows a failed start would wait its whole grace period for this worker.
+        let _ = drained.send(index);
     }
 }
 
@@ -119,6 +124,7 @@ async fn worker_main<D: Disk, L: NetListener>(disk: D, listener: L, mut setup: W
                 Ok(s) => s,
                 Err(e) => {
                     let _ = setup.ready.send((setup.index, Err(e)));
+                    let _ = setup.drained.send(setup.index);
                     return;
                 }
             };

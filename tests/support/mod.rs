@@ -6,6 +6,8 @@
     reason = "each test crate compiles this module on its own and uses only some helpers"
 )]
 
+pub mod fs;
+pub mod ledger;
 pub mod native;
 pub mod seccomp;
 pub mod server;

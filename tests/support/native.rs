@@ -43,15 +43,63 @@ impl NativeConn {
     }
 
     fn fill(&mut self) -> usize {
+        self.try_fill().expect("read")
+    }
+
+    fn try_fill(&mut self) -> std::io::Result<usize> {
         let mut chunk = [0u8; 64 * 1024];
         let n = loop {
             match self.stream.read(&mut chunk) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r.expect("read"),
+                r => break r?,
             }
         };
         self.buf.extend_from_slice(&chunk[..n]);
-        n
+        Ok(n)
+    }
+
+    /// Connects and completes the hello; `Err` instead of a panic when the server is gone.
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<NativeConn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        let mut conn = NativeConn {
+            stream,
+            buf: Vec::new(),
+        };
+        let mut hello = Vec::new();
+        encode_client_hello(&mut hello);
+        conn.stream.write_all(&hello)?;
+        loop {
+            if let Some(h) = decode_server_hello(&conn.buf).map_err(std::io::Error::other)? {
+                if h.status != HelloStatus::Accepted {
+                    return Err(std::io::Error::other(format!("hello refused: {h:?}")));
+                }
+                break;
+            }
+            if conn.try_fill()? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        conn.buf.drain(..kvs::protocol::HELLO_BYTES);
+        Ok(conn)
+    }
+
+    /// Sends one request and reads its response; `Err` when the connection fails or closes
+    /// first (the server was killed, say).
+    pub fn try_call(&mut self, r: &Request) -> std::io::Result<Response> {
+        let mut out = Vec::new();
+        encode_request(r, &mut out).map_err(std::io::Error::other)?;
+        self.stream.write_all(&out)?;
+        loop {
+            if let Some((r, n)) = decode_response(&self.buf).map_err(std::io::Error::other)? {
+                self.buf.drain(..n);
+                return Ok(r);
+            }
+            if self.try_fill()? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
     }
 
     pub fn send(&mut self, reqs: &[Request]) {

@@ -71,6 +71,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     stderr: Arc<Mutex<String>>,
+    /// Where the reader of the log reports the address the server listens on.
+    listening: Option<mpsc::Receiver<SocketAddr>>,
 }
 
 /// How to start one.
@@ -98,6 +100,10 @@ impl ServerBuilder {
         self.args.push(a.into());
         self
     }
+    pub fn args<'a>(mut self, a: impl IntoIterator<Item = &'a str>) -> Self {
+        self.args.extend(a.into_iter().map(String::from));
+        self
+    }
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         self.addr = addr;
         self
@@ -122,6 +128,22 @@ impl ServerBuilder {
 
     /// Starts the server and waits until it reports its address and accepts connections.
     pub fn start(self) -> Server {
+        let mut server = self.spawn();
+        let listening = server.listening.take().expect("a fresh server");
+        match listening.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => server.addr = addr,
+            Err(_) => panic!(
+                "kvs-server did not report listening; log:\n{}",
+                server.log()
+            ),
+        }
+        server.wait_listening(START_TIMEOUT);
+        server
+    }
+
+    /// Starts the server without waiting for it to listen (its `addr` is then the requested
+    /// one, which may be port 0).
+    pub fn spawn(self) -> Server {
         let mut child = self.command().spawn().expect("spawn kvs-server");
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().unwrap();
@@ -142,21 +164,13 @@ impl ServerBuilder {
                 }
             }
         });
-        let mut server = Server {
+        Server {
             child,
             addr: self.addr,
             dir: self.dir,
             stderr,
-        };
-        match listening.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => server.addr = addr,
-            Err(_) => panic!(
-                "kvs-server did not report listening; log:\n{}",
-                server.log()
-            ),
+            listening: Some(listening),
         }
-        server.wait_listening(START_TIMEOUT);
-        server
     }
 }
 
