@@ -473,32 +473,31 @@ async fn overwrites_keep_disk_within_twice_live_data<D: Disk>(disk: D, dir: &Pat
 // Guards against the interval policy waiting for an idle moment that a busy log never has.
 async fn interval_fsync_holds_under_sustained_writes<D: Disk>(disk: D, dir: &Path) {
     let mut c = cfg(dir);
-    c.segment_bytes = 64 * 1024 * 1024;
-    c.fsync = super::durability::FsyncPolicy::Interval(std::time::Duration::from_millis(5));
+    c.segment_bytes = 256 * 1024 * 1024;
+    c.preallocate = false;
+    c.fsync = super::durability::FsyncPolicy::Interval(std::time::Duration::from_millis(1));
     let counting = FaultyDisk::new(disk.clone(), u64::MAX, Fault::Crash).skipping_syncs();
     let p = Partition::open(counting.clone(), c).await.unwrap();
     let before = counting.data_syncs();
-    // Keep the write queue from ever emptying for 200 ms: many writers, each writing again as
-    // soon as its last write is acknowledged.
-    let stop = std::time::Instant::now() + std::time::Duration::from_millis(200);
-    let writers: Vec<_> = (0..16)
-        .map(|w| {
-            let p = p.clone();
-            tokio::task::spawn_local(async move {
-                let mut i = 0u64;
-                while std::time::Instant::now() < stop {
-                    p.set(b(format!("w{w}-{}", i % 100)), b("v")).await.unwrap();
-                    i += 1;
-                }
-            })
-        })
+    // Queue everything at once, so the writer goes from one full batch to the next (about
+    // 25 batches of 4 MiB) and its queue never empties until the end.
+    let value = Bytes::from(vec![7u8; 256 * 1024]);
+    let acks: Vec<_> = (0..400)
+        .map(|i| p.submit(b(format!("k{i}")), Some(value.clone())).unwrap())
         .collect();
-    for w in writers {
-        w.await.unwrap();
+    let started = std::time::Instant::now();
+    for ack in acks {
+        ack.await.unwrap().unwrap();
     }
+    let took = started.elapsed();
     let syncs = counting.data_syncs() - before;
-    // 200 ms at a 5 ms interval is 40 deadlines; allow for a slow machine.
-    assert!(syncs >= 10, "only {syncs} fdatasyncs in 200 ms of sustained writes");
+    eprintln!("{syncs} fdatasyncs while 100 MiB of queued writes took {took:?} at a 1 ms interval");
+    if took >= std::time::Duration::from_millis(10) {
+        assert!(
+            syncs >= 3,
+            "only {syncs} fdatasyncs in {took:?} of sustained writes"
+        );
+    }
     p.close().await;
 }
 
