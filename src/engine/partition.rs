@@ -80,6 +80,8 @@ pub struct PartitionStats {
     pub dead_bytes: u64,
     pub segments: u32,
     pub compactions: u64,
+    /// Heap bytes held by the in-memory index.
+    pub index_bytes: u64,
 }
 
 struct Segment<F> {
@@ -311,6 +313,7 @@ impl<D: Disk> Partition<D> {
             dead_bytes: st.segments.values().map(|s| s.dead()).sum(),
             segments: st.segments.len() as u32,
             compactions: st.compactions,
+            index_bytes: st.index.heap_bytes() as u64,
         }
     }
 
