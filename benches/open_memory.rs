@@ -45,6 +45,10 @@ struct Args {
     /// Runs in a child process: open the store in this directory, report, exit.
     #[arg(long, hide = true)]
     child_open: Option<PathBuf>,
+    /// Only load the first `--keys` count into this (new) directory and exit, leaving a
+    /// store to profile opens on: `valgrind --tool=callgrind BENCH --bench --child-open DIR`.
+    #[arg(long)]
+    load_only: Option<PathBuf>,
     /// A benchmark filter from `cargo bench -- FILTER`; this target runs only if it matches.
     filter: Option<String>,
 }
@@ -61,6 +65,11 @@ fn main() {
     let args = Args::parse();
     if let Some(dir) = &args.child_open {
         child_open(dir, &args);
+        return;
+    }
+    if let Some(dir) = &args.load_only {
+        let store = KvStore::open_with(dir, options(args.io, args.partitions)).expect("open");
+        runtime().block_on(load(&store, args.keys[0], args.value_bytes));
         return;
     }
     if let Some(f) = &args.filter {
@@ -119,12 +128,20 @@ async fn load(store: &KvStore, n: u64, value_bytes: usize) {
     }
 }
 
-async fn live_keys(store: &KvStore) -> (u64, u32) {
+/// What the store's statistics say about its size.
+struct Counts {
+    keys: u64,
+    segments: u32,
+    index_bytes: u64,
+}
+
+async fn counts(store: &KvStore) -> Counts {
     let stats = store.stats().await.expect("stats");
-    (
-        stats.iter().map(|s| s.keys).sum(),
-        stats.iter().map(|s| s.segments).sum(),
-    )
+    Counts {
+        keys: stats.iter().map(|s| s.keys).sum(),
+        segments: stats.iter().map(|s| s.segments).sum(),
+        index_bytes: stats.iter().map(|s| s.index_bytes).sum(),
+    }
 }
 
 /// Loads `n` keys, then times the opens; returns one JSON object.
@@ -137,46 +154,55 @@ fn measure(n: u64, args: &Args) -> String {
     rt.block_on(load(&store, n, args.value_bytes));
     let load_s = started.elapsed().as_secs_f64();
     let rss_loaded = support::rss_bytes();
-    let (keys, segments) = rt.block_on(live_keys(&store));
-    assert_eq!(keys, n, "every loaded key is live");
+    let loaded = rt.block_on(counts(&store));
+    assert_eq!(loaded.keys, n, "every loaded key is live");
     drop(store);
 
     let hints = hint_files(dir.path());
     let aside = tempfile::tempdir().expect("temporary directory");
-    let (mut with_ms, mut with_rss, mut without_ms, mut without_rss) =
-        (vec![], vec![], vec![], vec![]);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
     for _ in 0..args.opens {
-        let (ms, rss) = open_in_child(dir.path(), args, n);
-        with_ms.push(ms);
-        with_rss.push(rss);
+        with.push(open_in_child(dir.path(), args, n));
         move_files(&hints, dir.path(), aside.path());
-        let (ms, rss) = open_in_child(dir.path(), args, n);
-        without_ms.push(ms);
-        without_rss.push(rss);
+        without.push(open_in_child(dir.path(), args, n));
         move_files(&hints, aside.path(), dir.path());
     }
-    let list = |xs: &[f64]| {
-        xs.iter()
-            .map(|x| format!("{x:.1}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
     format!(
-        "{{\"keys\":{n},\"segments\":{segments},\"hint_files\":{},\"load_s\":{load_s:.2},\
-         \"live_rss_bytes_per_key\":{:.1},\
-         \"open_with_hints_ms\":{{\"median\":{:.1},\"all\":[{}]}},\
-         \"open_without_hints_ms\":{{\"median\":{:.1},\"all\":[{}]}},\
-         \"reopen_rss_bytes_per_key_with_hints\":{:.1},\
-         \"reopen_rss_bytes_per_key_without_hints\":{:.1}}}",
+        "{{\"keys\":{n},\"segments\":{},\"hint_files\":{},\"load_s\":{load_s:.2},\
+         \"index_bytes_per_key\":{:.1},\"live_rss_bytes_per_key\":{:.1},\
+         \"open_with_hints\":{},\"open_without_hints\":{}}}",
+        loaded.segments,
         hints.len(),
+        loaded.index_bytes as f64 / n as f64,
         (rss_loaded as f64 - rss_empty as f64) / n as f64,
-        support::median(&mut with_ms.clone()),
-        list(&with_ms),
-        support::median(&mut without_ms.clone()),
-        list(&without_ms),
-        support::median(&mut with_rss) / n as f64,
-        support::median(&mut without_rss) / n as f64,
+        Opened::summary(&with, n),
+        Opened::summary(&without, n),
     )
+}
+
+/// What one open in a child process measured.
+struct Opened {
+    wall_ms: f64,
+    /// CPU time of every thread of the child during the open: steadier than wall time on a
+    /// machine that other work shares.
+    cpu_ms: f64,
+    rss_growth: f64,
+}
+
+impl Opened {
+    /// Medians as JSON, with every wall time listed.
+    fn summary(runs: &[Opened], keys: u64) -> String {
+        let med =
+            |f: fn(&Opened) -> f64| support::median(&mut runs.iter().map(f).collect::<Vec<_>>());
+        let all: Vec<String> = runs.iter().map(|r| format!("{:.1}", r.wall_ms)).collect();
+        format!(
+            "{{\"wall_ms\":{:.1},\"cpu_ms\":{:.1},\"rss_bytes_per_key\":{:.1},\"all_wall_ms\":[{}]}}",
+            med(|r| r.wall_ms),
+            med(|r| r.cpu_ms),
+            med(|r| r.rss_growth) / keys as f64,
+            all.join(",")
+        )
+    }
 }
 
 /// The hint files of every partition, relative to the store directory.
@@ -205,8 +231,8 @@ fn move_files(files: &[PathBuf], from: &Path, to: &Path) {
     }
 }
 
-/// Opens the store in a fresh process; returns (open time in ms, resident growth in bytes).
-fn open_in_child(dir: &Path, args: &Args, n: u64) -> (f64, f64) {
+/// Opens the store in a fresh process.
+fn open_in_child(dir: &Path, args: &Args, n: u64) -> Opened {
     let out = std::process::Command::new(std::env::current_exe().expect("current exe"))
         .arg("--bench")
         .arg("--child-open")
@@ -227,20 +253,27 @@ fn open_in_child(dir: &Path, args: &Args, n: u64) -> (f64, f64) {
             .unwrap_or_else(|| panic!("child output lacks {name}: {text}"))
     };
     assert_eq!(field("keys=") as u64, n, "the reopened store has every key");
-    (field("open_ms="), field("rss_growth="))
+    Opened {
+        wall_ms: field("open_ms="),
+        cpu_ms: field("cpu_ms="),
+        rss_growth: field("rss_growth="),
+    }
 }
 
 fn child_open(dir: &Path, args: &Args) {
     let rt = runtime();
     let rss_before = support::rss_bytes();
+    let cpu_before = support::cpu_ns();
     let started = Instant::now();
     let store = KvStore::open_with(dir, options(args.io, args.partitions)).expect("reopen");
     let open = started.elapsed();
+    let cpu = support::cpu_ns() - cpu_before;
     let rss_after = support::rss_bytes();
-    let (keys, _) = rt.block_on(live_keys(&store));
+    let keys = rt.block_on(counts(&store)).keys;
     println!(
-        "open_ms={:.3} rss_growth={} keys={keys}",
+        "open_ms={:.3} cpu_ms={:.3} rss_growth={} keys={keys}",
         open.as_secs_f64() * 1e3,
+        cpu as f64 / 1e6,
         rss_after.saturating_sub(rss_before)
     );
 }
@@ -264,6 +297,8 @@ fn smoke_test() {
     let started = Instant::now();
     let store = KvStore::open_with(dir.path(), opts).expect("reopen without hints");
     assert!(started.elapsed() < Duration::from_secs(30));
-    assert_eq!(rt.block_on(live_keys(&store)).0, 3_000);
+    let reopened = rt.block_on(counts(&store));
+    assert_eq!(reopened.keys, 3_000);
+    assert!(reopened.index_bytes > 0);
     println!("open_memory: smoke test passed (run with `cargo bench --bench open_memory`)");
 }

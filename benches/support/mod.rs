@@ -125,6 +125,24 @@ pub fn rss_bytes() -> u64 {
     kb * 1024
 }
 
+/// CPU time used so far by the threads of this process that are still alive, in
+/// nanoseconds (the first field of each `/proc/self/task/*/schedstat`).
+pub fn cpu_ns() -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").expect("read /proc/self/task") {
+        let path = task.expect("task entry").path().join("schedstat");
+        // A thread may exit between the listing and the read.
+        if let Ok(s) = std::fs::read_to_string(path) {
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
 /// The median of `xs` (the mean of the middle two for an even count).
 pub fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
