@@ -273,6 +273,17 @@ impl Index {
         self.table.len()
     }
 
+    /// Makes room for `additional` more keys, so that loading a known number of keys
+    /// allocates the table once instead of rehashing it at every doubling.
+    pub fn reserve(&mut self, additional: usize) {
+        let Index {
+            table,
+            store,
+            hasher,
+        } = self;
+        table.reserve(additional, |&p| hasher.hash_one(store.key_at(p)));
+    }
+
     /// Every (key, position) whose record lives in one of `segments`.
     pub fn entries_in(&self, segments: &BTreeSet<u32>) -> Vec<(Box<[u8]>, Loc)> {
         self.store
@@ -385,6 +396,21 @@ mod tests {
         }
         assert_eq!(index.store.long_keys.len(), long_slots);
         assert_matches(&index, &model);
+    }
+
+    #[test]
+    fn reserve_keeps_existing_keys_reachable() {
+        // Guards against a reserve that rehashes existing entries to the wrong slots.
+        let mut index = Index::default();
+        for i in 0..1000u32 {
+            index.insert(format!("k{i}").as_bytes(), loc(i));
+        }
+        let before = index.table.capacity();
+        index.reserve(100_000);
+        assert!(index.table.capacity() >= 101_000 && index.table.capacity() > before);
+        for i in 0..1000u32 {
+            assert_eq!(index.get(format!("k{i}").as_bytes()), Some(loc(i)));
+        }
     }
 
     #[test]

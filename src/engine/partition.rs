@@ -1243,6 +1243,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
                 });
             }
         }
+        found.reserve(records.len());
         for (seq, kind, key, offset, len) in records {
             max_seq = max_seq.max(seq);
             let loc = Loc {
@@ -1269,6 +1270,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
     }
 
     let mut index = Index::default();
+    index.reserve(found.values().filter(|f| f.kind == RecordKind::Put).count());
     for (key, f) in found {
         if f.kind == RecordKind::Put {
             segments
