@@ -26,6 +26,7 @@ use super::durability::FsyncPolicy;
 use super::hint::{self, HintEntry, HintWriter};
 use super::index::{Index, Loc};
 use super::manifest::{CompactionManifest, MANIFEST_NAME};
+use super::newest::NewestRecords;
 use super::record::{self, RecordKind, RecordRef, RECORD_BYTES_MAX};
 use super::segment::{self, FileKind, Origin, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::io_backend::{Disk, DiskFile};
@@ -1084,11 +1085,42 @@ async fn zero_filled<D: Disk>(disk: &D, path: &Path, len: u64) -> io::Result<D::
 
 // ---- recovery ------------------------------------------------------------------------
 
-/// One record found while opening.
-struct Found {
-    seq: u64,
-    kind: RecordKind,
-    loc: Loc,
+/// One segment's records as read from its hint or found by scanning it. The keys share one
+/// buffer rather than taking an allocation each: a segment can hold a million records.
+#[derive(Default)]
+struct SegmentRecords {
+    keys: Vec<u8>,
+    /// (seq, kind, end of the key in `keys`, offset, record length); a key starts where the
+    /// previous one ends.
+    records: Vec<(u64, RecordKind, usize, u64, u32)>,
+}
+
+impl SegmentRecords {
+    fn reserve(&mut self, records: usize, key_bytes: usize) {
+        self.records.reserve(records);
+        self.keys.reserve(key_bytes);
+    }
+
+    fn push(&mut self, seq: u64, kind: RecordKind, key: &[u8], offset: u64, len: u32) {
+        self.keys.extend_from_slice(key);
+        self.records.push((seq, kind, self.keys.len(), offset, len));
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// (seq, kind, key, offset, record length) in the order they were pushed.
+    fn iter(&self) -> impl Iterator<Item = (u64, RecordKind, &[u8], u64, u32)> + '_ {
+        let mut start = 0;
+        self.records
+            .iter()
+            .map(move |&(seq, kind, end, offset, len)| {
+                let key = &self.keys[start..end];
+                start = end;
+                (seq, kind, key, offset, len)
+            })
+    }
 }
 
 /// Rebuilds a partition's state from its directory: finishes an interrupted compaction,
@@ -1170,7 +1202,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         .find(|(_, o, _)| *o == Origin::Log)
         .map(|(id, ..)| *id);
 
-    let mut found: HashMap<Box<[u8]>, Found> = HashMap::new();
+    let mut found = NewestRecords::default();
     let mut segments = BTreeMap::new();
     let mut max_seq = 0u64;
     let mut active_hint = HintWriter::default();
@@ -1178,21 +1210,16 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         let path = segment::segment_path(dir, u64::from(id));
         let is_active = Some(id) == active_id;
         let file_len = file.len()?;
-        let mut records: Vec<(u64, RecordKind, Vec<u8>, u64, u32)> = Vec::new();
+        let mut records = SegmentRecords::default();
         let mut used_hint = false;
         if hint_ids.contains(&u64::from(id)) && !is_active {
             let hpath = segment::hint_path(dir, u64::from(id));
             match std::fs::read(&hpath) {
                 Ok(bytes) => match hint::decode(&bytes, u64::from(id), file_len) {
                     Ok(entries) => {
+                        records.reserve(entries.len(), entries.iter().map(|e| e.key.len()).sum());
                         for e in entries {
-                            records.push((
-                                e.seq,
-                                e.kind,
-                                e.key.to_vec(),
-                                e.offset,
-                                e.record_len() as u32,
-                            ));
+                            records.push(e.seq, e.kind, e.key, e.offset, e.record_len() as u32);
                         }
                         used_hint = true;
                     }
@@ -1216,9 +1243,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
                 &path,
                 file_len,
                 is_active,
-                |seq, kind, key, offset, len| {
-                    records.push((seq, kind, key.to_vec(), offset, len));
-                },
+                |seq, kind, key, offset, len| records.push(seq, kind, key, offset, len),
             )
             .await?;
             end = scanned.end;
@@ -1232,32 +1257,26 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
             if hint_ids.contains(&u64::from(id)) {
                 remove_if_exists(disk, &segment::hint_path(dir, u64::from(id))).await?;
             }
-            for (seq, kind, key, offset, len) in &records {
-                let value_len = *len - (record::RECORD_HEADER_BYTES + key.len()) as u32;
+            for (seq, kind, key, offset, len) in records.iter() {
+                let value_len = len - (record::RECORD_HEADER_BYTES + key.len()) as u32;
                 active_hint.push(&HintEntry {
-                    seq: *seq,
-                    kind: *kind,
+                    seq,
+                    kind,
                     key,
                     value_len,
-                    offset: *offset,
+                    offset,
                 });
             }
         }
-        found.reserve(records.len());
-        for (seq, kind, key, offset, len) in records {
+        found.reserve(records.len(), records.keys.len());
+        for (seq, kind, key, offset, len) in records.iter() {
             max_seq = max_seq.max(seq);
             let loc = Loc {
                 segment: id,
                 offset: offset as u32,
                 len,
             };
-            match found.get_mut(&key[..]) {
-                Some(f) if f.seq >= seq => {}
-                Some(f) => *f = Found { seq, kind, loc },
-                None => {
-                    found.insert(key.into_boxed_slice(), Found { seq, kind, loc });
-                }
-            }
+            found.offer(key, seq, kind, loc);
         }
         segments.insert(
             id,
@@ -1270,14 +1289,14 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
     }
 
     let mut index = Index::default();
-    index.reserve(found.values().filter(|f| f.kind == RecordKind::Put).count());
-    for (key, f) in found {
-        if f.kind == RecordKind::Put {
+    index.reserve(found.iter().filter(|f| f.1 == RecordKind::Put).count());
+    for (key, kind, loc) in found.iter() {
+        if kind == RecordKind::Put {
             segments
-                .get_mut(&f.loc.segment)
+                .get_mut(&loc.segment)
                 .expect("segment of a found record")
-                .live += u64::from(f.loc.len);
-            index.insert(&key, f.loc);
+                .live += u64::from(loc.len);
+            index.insert(key, loc);
         }
     }
     let mut next_id = seg_ids.last().map_or(1, |id| id + 1);
