@@ -17,7 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use hashbrown::HashMap;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -163,7 +163,14 @@ fn to_u32(v: u64, what: &str) -> Result<u32> {
 
 /// Reads exactly `len` bytes at `pos`.
 async fn read_exact_at<F: DiskFile>(file: &F, pos: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(len);
+    // The first read fills the result itself; only a short read needs a second buffer.
+    let (res, mut out) = file.read_at(Vec::with_capacity(len), pos).await;
+    if res? == 0 && len > 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file ends before the record",
+        ));
+    }
     while out.len() < len {
         let want = len - out.len();
         let (res, chunk) = file
@@ -237,13 +244,14 @@ impl<D: Disk> Partition<D> {
         };
         let buf = read_exact_at(&*file, u64::from(loc.offset), loc.len as usize).await?;
         let seg_path = || segment::segment_path(&self.inner.cfg.dir, u64::from(loc.segment));
-        let (value_start, value_len) = match record::decode(&buf) {
-            Ok(Some(RecordRef {
-                kind: RecordKind::Put,
-                key: k,
-                value,
-                ..
-            })) if k == key => (buf.len() - value.len(), value.len()),
+        // The value ends the record, and the record must fill what the index says it spans.
+        let value_start = match record::decode(&buf) {
+            Ok(Some(
+                r @ RecordRef {
+                    kind: RecordKind::Put,
+                    ..
+                },
+            )) if r.key == key && r.len() == buf.len() => buf.len() - r.value.len(),
             Ok(Some(_)) => {
                 return Err(corrupt(
                     &seg_path(),
@@ -260,9 +268,11 @@ impl<D: Disk> Partition<D> {
             }
             Err(e) => return Err(corrupt(&seg_path(), loc.offset.into(), e.to_string())),
         };
-        Ok(Some(
-            Bytes::from(buf).slice(value_start..value_start + value_len),
-        ))
+        // Advancing past the header and key keeps the read buffer as the value's storage,
+        // without the allocation a slice of it would take.
+        let mut value = Bytes::from(buf);
+        value.advance(value_start);
+        Ok(Some(value))
     }
 
     pub async fn set(&self, key: Bytes, value: Bytes) -> Result<()> {
