@@ -17,6 +17,7 @@ mod hint;
 mod index;
 mod manifest;
 pub mod meta;
+mod newest;
 pub mod partition;
 mod record;
 mod segment;

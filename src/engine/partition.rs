@@ -17,7 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use hashbrown::HashMap;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -27,6 +27,7 @@ use super::durability::FsyncPolicy;
 use super::hint::{self, HintEntry, HintWriter};
 use super::index::{Index, Loc};
 use super::manifest::{CompactionManifest, MANIFEST_NAME};
+use super::newest::NewestRecords;
 use super::record::{self, RecordKind, RecordRef, RECORD_BYTES_MAX};
 use super::segment::{self, FileKind, Origin, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::io_backend::{Disk, DiskFile};
@@ -86,6 +87,8 @@ pub struct PartitionStats {
     pub dead_bytes: u64,
     pub segments: u32,
     pub compactions: u64,
+    /// Heap bytes held by the in-memory index.
+    pub index_bytes: u64,
 }
 
 struct Segment<F> {
@@ -171,7 +174,14 @@ fn to_u32(v: u64, what: &str) -> Result<u32> {
 
 /// Reads exactly `len` bytes at `pos`.
 async fn read_exact_at<F: DiskFile>(file: &F, pos: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(len);
+    // The first read fills the result itself; only a short read needs a second buffer.
+    let (res, mut out) = file.read_at(Vec::with_capacity(len), pos).await;
+    if res? == 0 && len > 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file ends before the record",
+        ));
+    }
     while out.len() < len {
         let want = len - out.len();
         let (res, chunk) = file
@@ -274,13 +284,14 @@ impl<D: Disk> Partition<D> {
         };
         let buf = read_exact_at(&*file, u64::from(loc.offset), loc.len as usize).await?;
         let seg_path = || segment::segment_path(&self.inner.cfg.dir, u64::from(loc.segment));
-        let (value_start, value_len) = match record::decode(&buf) {
-            Ok(Some(RecordRef {
-                kind: RecordKind::Put,
-                key: k,
-                value,
-                ..
-            })) if k == key => (buf.len() - value.len(), value.len()),
+        // The value ends the record, and the record must fill what the index says it spans.
+        let value_start = match record::decode(&buf) {
+            Ok(Some(
+                r @ RecordRef {
+                    kind: RecordKind::Put,
+                    ..
+                },
+            )) if r.key == key && r.len() == buf.len() => buf.len() - r.value.len(),
             Ok(Some(_)) => {
                 return Err(corrupt(
                     &seg_path(),
@@ -297,7 +308,10 @@ impl<D: Disk> Partition<D> {
             }
             Err(e) => return Err(corrupt(&seg_path(), loc.offset.into(), e.to_string())),
         };
-        let value = Bytes::from(buf).slice(value_start..value_start + value_len);
+        // Advancing past the header and key keeps the read buffer as the value's storage,
+        // without the allocation a slice of it would take.
+        let mut value = Bytes::from(buf);
+        value.advance(value_start);
         let mut st = self.inner.state.borrow_mut();
         // Cache it only if the index still points at what was read (no write landed meanwhile).
         if st.index.get(key) == Some(loc) {
@@ -367,6 +381,7 @@ impl<D: Disk> Partition<D> {
             dead_bytes: st.segments.values().map(|s| s.dead()).sum(),
             segments: st.segments.len() as u32,
             compactions: st.compactions,
+            index_bytes: st.index.heap_bytes() as u64,
         }
     }
 
@@ -1272,11 +1287,42 @@ async fn zero_filled<D: Disk>(disk: &D, path: &Path, len: u64) -> io::Result<D::
 
 // ---- recovery ------------------------------------------------------------------------
 
-/// One record found while opening.
-struct Found {
-    seq: u64,
-    kind: RecordKind,
-    loc: Loc,
+/// One segment's records as read from its hint or found by scanning it. The keys share one
+/// buffer rather than taking an allocation each: a segment can hold a million records.
+#[derive(Default)]
+struct SegmentRecords {
+    keys: Vec<u8>,
+    /// (seq, kind, end of the key in `keys`, offset, record length); a key starts where the
+    /// previous one ends.
+    records: Vec<(u64, RecordKind, usize, u64, u32)>,
+}
+
+impl SegmentRecords {
+    fn reserve(&mut self, records: usize, key_bytes: usize) {
+        self.records.reserve(records);
+        self.keys.reserve(key_bytes);
+    }
+
+    fn push(&mut self, seq: u64, kind: RecordKind, key: &[u8], offset: u64, len: u32) {
+        self.keys.extend_from_slice(key);
+        self.records.push((seq, kind, self.keys.len(), offset, len));
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// (seq, kind, key, offset, record length) in the order they were pushed.
+    fn iter(&self) -> impl Iterator<Item = (u64, RecordKind, &[u8], u64, u32)> + '_ {
+        let mut start = 0;
+        self.records
+            .iter()
+            .map(move |&(seq, kind, end, offset, len)| {
+                let key = &self.keys[start..end];
+                start = end;
+                (seq, kind, key, offset, len)
+            })
+    }
 }
 
 /// Rebuilds a partition's state from its directory: finishes an interrupted compaction,
@@ -1358,7 +1404,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         .find(|(_, o, _)| *o == Origin::Log)
         .map(|(id, ..)| *id);
 
-    let mut found: HashMap<Box<[u8]>, Found> = HashMap::new();
+    let mut found = NewestRecords::default();
     let mut segments = BTreeMap::new();
     let mut max_seq = 0u64;
     let mut active_hint = HintWriter::default();
@@ -1366,21 +1412,16 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         let path = segment::segment_path(dir, u64::from(id));
         let is_active = Some(id) == active_id;
         let file_len = file.len()?;
-        let mut records: Vec<(u64, RecordKind, Vec<u8>, u64, u32)> = Vec::new();
+        let mut records = SegmentRecords::default();
         let mut used_hint = false;
         if hint_ids.contains(&u64::from(id)) && !is_active {
             let hpath = segment::hint_path(dir, u64::from(id));
             match std::fs::read(&hpath) {
                 Ok(bytes) => match hint::decode(&bytes, u64::from(id), file_len) {
                     Ok(entries) => {
+                        records.reserve(entries.len(), entries.iter().map(|e| e.key.len()).sum());
                         for e in entries {
-                            records.push((
-                                e.seq,
-                                e.kind,
-                                e.key.to_vec(),
-                                e.offset,
-                                e.record_len() as u32,
-                            ));
+                            records.push(e.seq, e.kind, e.key, e.offset, e.record_len() as u32);
                         }
                         used_hint = true;
                     }
@@ -1404,9 +1445,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
                 &path,
                 file_len,
                 is_active,
-                |seq, kind, key, offset, len| {
-                    records.push((seq, kind, key.to_vec(), offset, len));
-                },
+                |seq, kind, key, offset, len| records.push(seq, kind, key, offset, len),
             )
             .await?;
             end = scanned.end;
@@ -1420,31 +1459,26 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
             if hint_ids.contains(&u64::from(id)) {
                 remove_if_exists(disk, &segment::hint_path(dir, u64::from(id))).await?;
             }
-            for (seq, kind, key, offset, len) in &records {
-                let value_len = *len - (record::RECORD_HEADER_BYTES + key.len()) as u32;
+            for (seq, kind, key, offset, len) in records.iter() {
+                let value_len = len - (record::RECORD_HEADER_BYTES + key.len()) as u32;
                 active_hint.push(&HintEntry {
-                    seq: *seq,
-                    kind: *kind,
+                    seq,
+                    kind,
                     key,
                     value_len,
-                    offset: *offset,
+                    offset,
                 });
             }
         }
-        for (seq, kind, key, offset, len) in records {
+        found.reserve(records.len(), records.keys.len());
+        for (seq, kind, key, offset, len) in records.iter() {
             max_seq = max_seq.max(seq);
             let loc = Loc {
                 segment: id,
                 offset: offset as u32,
                 len,
             };
-            match found.get_mut(&key[..]) {
-                Some(f) if f.seq >= seq => {}
-                Some(f) => *f = Found { seq, kind, loc },
-                None => {
-                    found.insert(key.into_boxed_slice(), Found { seq, kind, loc });
-                }
-            }
+            found.offer(key, seq, kind, loc);
         }
         segments.insert(
             id,
@@ -1457,13 +1491,14 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
     }
 
     let mut index = Index::default();
-    for (key, f) in found {
-        if f.kind == RecordKind::Put {
+    index.reserve(found.iter().filter(|f| f.1 == RecordKind::Put).count());
+    for (key, kind, loc) in found.iter() {
+        if kind == RecordKind::Put {
             segments
-                .get_mut(&f.loc.segment)
+                .get_mut(&loc.segment)
                 .expect("segment of a found record")
-                .live += u64::from(f.loc.len);
-            index.insert(&key, f.loc);
+                .live += u64::from(loc.len);
+            index.insert(key, loc);
         }
     }
     let mut next_id = seg_ids.last().map_or(1, |id| id + 1);
@@ -1568,9 +1603,9 @@ async fn scan_segment<F: DiskFile>(
             Err(e) => break e,
         }
     };
-    // Look at everything after the last good record.
-    let rest = read_exact_at(file, pos, (file_len - pos) as usize).await?;
-    if rest.iter().all(|&b| b == 0) {
+    // Look at everything after the last good record. The zero padding of a preallocated
+    // segment, the usual case, is checked a chunk at a time rather than held whole.
+    if all_zero(file, pos, file_len).await? {
         if is_active {
             return Ok(ScanEnd {
                 end: pos,
@@ -1583,6 +1618,7 @@ async fn scan_segment<F: DiskFile>(
             "sealed segment has zero-filled space after its records",
         ));
     }
+    let rest = read_exact_at(file, pos, (file_len - pos) as usize).await?;
     if let Some(at) = find_valid_record(&rest, last_seq) {
         return Err(corrupt(
             path,
@@ -1604,6 +1640,23 @@ async fn scan_segment<F: DiskFile>(
         end: pos,
         torn: true,
     })
+}
+
+/// Whether the bytes of `file` from `pos` to `end` are all zero.
+async fn all_zero<F: DiskFile>(file: &F, mut pos: u64, end: u64) -> io::Result<bool> {
+    while pos < end {
+        let n = (end - pos).min(SCAN_CHUNK_BYTES as u64) as usize;
+        let chunk = read_exact_at(file, pos, n).await?;
+        // OR-ing a block at a time lets the compiler vectorise the check.
+        if !chunk
+            .chunks(4096)
+            .all(|block| block.iter().fold(0, |acc, &b| acc | b) == 0)
+        {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
 }
 
 /// Where a scanned segment's records end, and whether garbage after them must be cut.

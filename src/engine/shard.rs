@@ -4,6 +4,7 @@
 //! Other threads reach it by sending a [`ShardMsg`] to the shard's inbox.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -47,9 +48,9 @@ pub enum ShardMsg {
     Close(oneshot::Sender<()>),
 }
 
-/// The partitions of one thread.
+/// The partitions of one thread. Clones share them: each operation's task holds one.
 pub struct Shard<D: Disk> {
-    partitions: BTreeMap<u32, Partition<D>>,
+    partitions: Rc<BTreeMap<u32, Partition<D>>>,
 }
 
 impl<D: Disk> Clone for Shard<D> {
@@ -68,7 +69,9 @@ impl<D: Disk> Shard<D> {
             let id = cfg.id;
             partitions.insert(id, Partition::open(disk.clone(), cfg).await?);
         }
-        Ok(Shard { partitions })
+        Ok(Shard {
+            partitions: Rc::new(partitions),
+        })
     }
 
     pub fn owns(&self, partition: u32) -> bool {

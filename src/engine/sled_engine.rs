@@ -1,8 +1,14 @@
 //! sled 0.34 as a [`KvsEngine`]: the alternative engine, for comparison with kvs's own.
 //!
-//! Every write is flushed (`flush_async`) before its future resolves, so an acknowledged
-//! write survives a crash as it does with kvs's default fsync policy. Keys and values are
-//! held to the same limits as kvs's own engine.
+//! Every write is flushed before its future resolves, so an acknowledged write survives a
+//! crash as it does with kvs's default fsync policy. Keys and values are held to the same
+//! limits as kvs's own engine.
+//!
+//! The flush is sled's blocking `flush` on tokio's blocking pool, not `flush_async`: in sled
+//! 0.34 `flush_async` runs the flush on sled's own I/O threads, and with many writers those
+//! threads all end up waiting for a buffer write that needs one of them, so every write hangs
+//! (sled issue 1241). Concurrent flushes still share one disk write: each waits until the log
+//! is stable up to its own write.
 
 use std::path::Path;
 
@@ -49,6 +55,14 @@ fn check_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Makes every write so far durable, without blocking the caller's runtime thread.
+async fn flush(db: sled::Db) -> Result<()> {
+    tokio::task::spawn_blocking(move || db.flush())
+        .await
+        .map_err(|e| KvsError::Io(std::io::Error::other(format!("sled flush task: {e}"))))??;
+    Ok(())
+}
+
 impl KvsEngine for SledKvsEngine {
     fn set(
         &self,
@@ -65,8 +79,7 @@ impl KvsEngine for SledKvsEngine {
                 });
             }
             db.insert(key.as_ref(), value.as_ref())?;
-            db.flush_async().await?;
-            Ok(())
+            flush(db).await
         }
     }
 
@@ -85,8 +98,7 @@ impl KvsEngine for SledKvsEngine {
             if db.remove(key.as_ref())?.is_none() {
                 return Err(KvsError::KeyNotFound);
             }
-            db.flush_async().await?;
-            Ok(())
+            flush(db).await
         }
     }
 }
@@ -234,6 +246,46 @@ mod tests {
             let err = engine.get(big_key).await.unwrap_err();
             assert!(matches!(err, KvsError::KeyTooLarge { .. }), "{err:?}");
         });
+    }
+
+    /// Guards against concurrent writers hanging in the flush (sled 0.34's `flush_async`
+    /// deadlocks once its I/O threads are all waiting in flushes). The writers run on their own
+    /// thread so that a hang fails the test instead of stalling the run.
+    #[test]
+    fn many_concurrent_writers_all_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledKvsEngine::open(dir.path()).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let writers = engine.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..64)
+                    .map(|t| {
+                        let engine = writers.clone();
+                        tokio::spawn(async move {
+                            for i in 0..20 {
+                                let key = Bytes::from(format!("t{t}-k{i}"));
+                                engine.set(key, Bytes::from_static(b"v")).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("concurrent sets did not finish within 60 s");
+        let got = block_on(engine.get(Bytes::from_static(b"t63-k19"))).unwrap();
+        assert_eq!(got.unwrap(), "v");
     }
 
     /// Guards against futures that cannot be spawned on a multi-threaded runtime.

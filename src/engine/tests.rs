@@ -52,6 +52,7 @@ backend_tests!(
     rotation_and_hints_reopen,
     compaction_keeps_latest_values,
     torn_tail_is_cut_on_open,
+    garbage_after_long_zero_padding_is_a_torn_tail,
     flipped_bit_in_sealed_segment_is_never_served,
     flipped_bit_before_valid_records_refuses_open,
     interrupted_compaction_finishes_on_open,
@@ -276,6 +277,43 @@ async fn torn_tail_is_cut_on_open<D: Disk>(disk: D, dir: &Path) {
     p.close().await;
     let p = open(&disk, c).await;
     assert_eq!(p.get(b"d").await.unwrap(), Some(b("4")));
+    p.close().await;
+}
+
+// Guards against the zero padding of a preallocated segment hiding garbage after it: the
+// padding is checked in chunks, and a non-zero byte past the first chunk must still count.
+async fn garbage_after_long_zero_padding_is_a_torn_tail<D: Disk>(disk: D, dir: &Path) {
+    let mut c = cfg(dir);
+    c.segment_bytes = 64 << 20;
+    {
+        let p = open(&disk, c.clone()).await;
+        p.set(b("a"), b("1")).await.unwrap();
+        p.close().await;
+    }
+    let seg = newest_segment(dir);
+    let good_len = std::fs::metadata(&seg).unwrap().len();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.resize(good_len as usize + (9 << 20), 0);
+    std::fs::write(&seg, &bytes).unwrap();
+    // Zero padding alone is kept, and writes go after the last record.
+    let p = open(&disk, c.clone()).await;
+    assert_eq!(p.get(b"a").await.unwrap(), Some(b("1")));
+    p.close().await;
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), bytes.len() as u64);
+    // A stray byte far into the padding makes it a torn tail, cut off on open.
+    bytes.push(0x5a);
+    std::fs::write(&seg, &bytes).unwrap();
+    let p = open(&disk, c.clone()).await;
+    assert_eq!(p.get(b"a").await.unwrap(), Some(b("1")));
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        good_len,
+        "torn tail cut off"
+    );
+    p.set(b("b"), b("2")).await.unwrap();
+    p.close().await;
+    let p = open(&disk, c).await;
+    assert_eq!(p.get(b"b").await.unwrap(), Some(b("2")));
     p.close().await;
 }
 
