@@ -53,6 +53,10 @@ struct Args {
     /// Close a connection that sends no request for this many milliseconds.
     #[arg(long, default_value_t = kvs::limits::IDLE_TIMEOUT_MS)]
     idle_timeout_ms: u64,
+    /// Close a connection whose request has started arriving but is not complete within this
+    /// many milliseconds (slow senders hold memory and a connection slot).
+    #[arg(long, default_value_t = kvs::limits::FRAME_TIMEOUT_MS)]
+    frame_timeout_ms: u64,
     /// Do not pin worker threads to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
     config.cache_bytes = args.cache_bytes;
     config.max_connections = args.max_connections;
     config.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
+    config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         addr = %config.addr,
