@@ -45,6 +45,10 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 /// Bytes one connection may have in flight (request frames, plus values being read from disk for
 /// it) before the server stops reading from it. One request is always admitted.
 pub const REQUEST_BYTES_IN_FLIGHT_MAX: usize = 32 * 1024 * 1024;
+/// What a read answered by another worker is charged against [`REQUEST_BYTES_IN_FLIGHT_MAX`]
+/// when it starts (its size is unknown until the answer arrives): at most 16 such reads are in
+/// flight per connection, so a client that never reads cannot pile up values from disk.
+pub const REMOTE_READ_CHARGE_BYTES: usize = REQUEST_BYTES_IN_FLIGHT_MAX / 16;
 /// Bytes of responses one connection may have queued before the server stops reading from it.
 pub const RESPONSE_BYTES_QUEUED_MAX: usize = 16 * 1024 * 1024;
 /// Default time a client gives resolving the address, connecting and exchanging hellos.

@@ -520,8 +520,7 @@ fn a_client_that_pipelines_cached_gets_and_never_reads_stops_being_read() {
 }
 
 #[test]
-#[ignore = "open: a GET sent to another worker is not charged for the value it brings back \
-            (REQUEST_BYTES_IN_FLIGHT_MAX covers local disk reads only); see RELIABILITY.md"]
+#[ignore = "slow (about 25 s): run with --ignored; see RELIABILITY.md"]
 fn a_client_that_pipelines_uncached_gets_and_never_reads_stops_being_read() {
     // Guards against values read from disk for a client that never reads piling up: each is
     // 1 MiB (too large for the 16 MiB cache), so every waiting response holds its own copy.

@@ -22,7 +22,8 @@ pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 /// result may hold.
 pub enum Started {
     Now(OpResult),
-    Later(oneshot::Receiver<OpResult>),
+    /// The answer arrives on the channel; the bytes it may hold are charged to the connection.
+    Later(oneshot::Receiver<OpResult>, usize),
     Task(LocalBoxFuture<OpResult>, usize),
 }
 
@@ -34,7 +35,7 @@ pub trait Store: Clone + 'static {
     fn call(&self, op: Op) -> LocalBoxFuture<OpResult> {
         match self.start(op) {
             Started::Now(r) => Box::pin(std::future::ready(r)),
-            Started::Later(rx) => {
+            Started::Later(rx, _) => {
                 Box::pin(async move { rx.await.unwrap_or(Err(KvsError::Closed)) })
             }
             Started::Task(f, _) => f,
@@ -121,13 +122,18 @@ impl<D: Disk> Store for KvsRouter<D> {
                 Op::Remove(key) => shard.submit(partition, key, None),
             };
             return match queued {
-                Ok(rx) => Started::Later(rx),
+                // A write's answer is small; its request bytes are charged already.
+                Ok(rx) => Started::Later(rx, 0),
                 Err(e) => Started::Now(Err(e)),
             };
         }
+        let charge = match op {
+            Op::Get(_) => crate::limits::REMOTE_READ_CHARGE_BYTES,
+            Op::Set(..) | Op::Remove(_) => 0,
+        };
         let (tx, rx) = oneshot::channel();
         self.inner.held.borrow_mut()[owner].push((partition, op, tx));
-        Started::Later(rx)
+        Started::Later(rx, charge)
     }
 
     fn flush(&self) {

@@ -61,6 +61,8 @@ pub enum Slot {
     Wait {
         rx: oneshot::Receiver<OpResult>,
         encode: Encoder,
+        /// The bytes the answer may hold, charged to the connection.
+        charge: usize,
     },
     /// A response being computed, and the bytes it may hold (charged to the connection).
     Task(JoinHandle<Vec<u8>>, usize),
@@ -71,7 +73,7 @@ pub enum Slot {
 impl Slot {
     fn charge(&self) -> usize {
         match self {
-            Slot::Task(_, bytes) => *bytes,
+            Slot::Task(_, bytes) | Slot::Wait { charge: bytes, .. } => *bytes,
             _ => 0,
         }
     }
@@ -276,7 +278,7 @@ async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
         match slot {
             Slot::Ready(bytes) => out.extend_from_slice(&bytes),
             Slot::Done { result, encode } => encode(result, &mut out),
-            Slot::Wait { mut rx, encode } => {
+            Slot::Wait { mut rx, encode, .. } => {
                 let result = match rx.try_recv() {
                     Ok(r) => r,
                     Err(oneshot::error::TryRecvError::Closed) => Err(KvsError::Closed),
@@ -378,7 +380,7 @@ fn encode(r: &Response) -> Vec<u8> {
 pub fn answer(started: Started, encode: Encoder) -> Slot {
     match started {
         Started::Now(result) => Slot::Done { result, encode },
-        Started::Later(rx) => Slot::Wait { rx, encode },
+        Started::Later(rx, charge) => Slot::Wait { rx, encode, charge },
         Started::Task(f, bytes) => Slot::Task(
             tokio::task::spawn_local(async move {
                 let mut out = Vec::new();
