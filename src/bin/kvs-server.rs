@@ -59,7 +59,9 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let mut config = ServerConfig::new(args.addr, args.dir);
-    config.engine = args.engine.map(|e| e.parse::<EngineKind>().expect("clap checked the value"));
+    config.engine = args
+        .engine
+        .map(|e| e.parse::<EngineKind>().expect("clap checked the value"));
     if let Some(c) = args.cores {
         config.cores = c;
     }

@@ -335,7 +335,11 @@ mod tests {
     #[test]
     fn server_hello_round_trips_with_both_statuses() {
         // Guards against a client misreading the server's verdict.
-        for status in [HelloStatus::Accepted, HelloStatus::VersionNotSupported, HelloStatus::Busy] {
+        for status in [
+            HelloStatus::Accepted,
+            HelloStatus::VersionNotSupported,
+            HelloStatus::Busy,
+        ] {
             let mut out = Vec::new();
             encode_server_hello(status, &mut out);
             assert_eq!(out.len(), HELLO_BYTES);

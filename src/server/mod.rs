@@ -25,7 +25,9 @@ pub mod worker;
 use crate::engine::meta::{EngineKind, StoreMeta};
 use crate::engine::{FsyncPolicy, SledKvsEngine, StoreOptions};
 use crate::io_backend::{BackendChoice, IoChoice};
-use crate::limits::{CONNECTIONS_MAX, FRAME_TIMEOUT_MS, IDLE_TIMEOUT_MS, PARTITIONS_MAX, SHUTDOWN_GRACE_MS};
+use crate::limits::{
+    CONNECTIONS_MAX, FRAME_TIMEOUT_MS, IDLE_TIMEOUT_MS, PARTITIONS_MAX, SHUTDOWN_GRACE_MS,
+};
 use crate::{KvsError, Result};
 use session::SessionLimits;
 use worker::{EngineSetup, Phase, WorkerSetup};
@@ -112,7 +114,10 @@ impl RunningServer {
             match self.drained.recv_timeout(left) {
                 Ok(_) => drained += 1,
                 Err(_) => {
-                    tracing::warn!("{} worker(s) still had sessions at the shutdown deadline", self.threads.len() - drained);
+                    tracing::warn!(
+                        "{} worker(s) still had sessions at the shutdown deadline",
+                        self.threads.len() - drained
+                    );
                     break;
                 }
             }
@@ -136,16 +141,23 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
     let on_disk = StoreMeta::load(&config.dir)?;
     let meta = match (on_disk, config.engine) {
         (Some(m), Some(e)) if m.engine != e => {
-            return Err(KvsError::WrongEngine { on_disk: m.engine.name().into(), requested: e.name().into() })
+            return Err(KvsError::WrongEngine {
+                on_disk: m.engine.name().into(),
+                requested: e.name().into(),
+            })
         }
         (Some(m), _) => m,
         (None, engine) => {
             let m = StoreMeta {
                 engine: engine.unwrap_or(EngineKind::Kvs),
-                partitions: config.partitions.unwrap_or_else(|| default_partitions(config.cores)),
+                partitions: config
+                    .partitions
+                    .unwrap_or_else(|| default_partitions(config.cores)),
             };
             if m.partitions == 0 || m.partitions > PARTITIONS_MAX {
-                return Err(KvsError::Config(format!("partitions must be 1 to {PARTITIONS_MAX}")));
+                return Err(KvsError::Config(format!(
+                    "partitions must be 1 to {PARTITIONS_MAX}"
+                )));
             }
             m.store(&config.dir)?;
             m
@@ -168,14 +180,22 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
         segment_bytes: config.segment_bytes,
         preallocate: true,
     };
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
     let inboxes: Arc<[_]> = Arc::from(senders);
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (drained_tx, drained_rx) = std::sync::mpsc::channel();
     let connections = Arc::new(AtomicUsize::new(0));
-    let cores = if config.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
-    let limits = SessionLimits { idle_timeout: config.idle_timeout, frame_timeout: config.frame_timeout };
+    let cores = if config.pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let limits = SessionLimits {
+        idle_timeout: config.idle_timeout,
+        frame_timeout: config.frame_timeout,
+    };
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 
     let mut threads = Vec::with_capacity(workers);
@@ -205,7 +225,11 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
             ready: ready_tx.clone(),
             drained: drained_tx.clone(),
         };
-        threads.push(std::thread::Builder::new().name(format!("kvs-worker-{index}")).spawn(move || worker::run(setup))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("kvs-worker-{index}"))
+                .spawn(move || worker::run(setup))?,
+        );
     }
     drop(ready_tx);
     let server = RunningServer {
@@ -251,7 +275,9 @@ pub fn run(config: ServerConfig) -> Result<()> {
         "listening on {}",
         server.local_addr()
     );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;

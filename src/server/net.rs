@@ -9,7 +9,10 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 
 /// One accepted connection.
-#[expect(async_fn_in_trait, reason = "connections belong to one worker thread; futures are not Send")]
+#[expect(
+    async_fn_in_trait,
+    reason = "connections belong to one worker thread; futures are not Send"
+)]
 pub trait NetStream: 'static {
     /// Reads into `buf`'s spare capacity (appending); `Ok(0)` at end of stream.
     async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
@@ -20,7 +23,10 @@ pub trait NetStream: 'static {
 }
 
 /// A listening socket.
-#[expect(async_fn_in_trait, reason = "listeners belong to one worker thread; futures are not Send")]
+#[expect(
+    async_fn_in_trait,
+    reason = "listeners belong to one worker thread; futures are not Send"
+)]
 pub trait NetListener: 'static {
     type Stream: NetStream;
     async fn accept(&self) -> io::Result<(Self::Stream, SocketAddr)>;
@@ -53,7 +59,10 @@ pub struct UringListener {
 impl UringListener {
     pub fn new(std: std::net::TcpListener) -> io::Result<UringListener> {
         let control = std.try_clone()?;
-        Ok(UringListener { inner: tokio_uring::net::TcpListener::from_std(std), control })
+        Ok(UringListener {
+            inner: tokio_uring::net::TcpListener::from_std(std),
+            control,
+        })
     }
 }
 
@@ -125,7 +134,10 @@ impl NetListener for EpollListener {
     type Stream = EpollStream;
     async fn accept(&self) -> io::Result<(EpollStream, SocketAddr)> {
         if self.stopping.get() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "listener stopped"));
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "listener stopped",
+            ));
         }
         // tokio's accept is cancel-safe (readiness-based), so selecting on it loses nothing.
         tokio::select! {
@@ -162,7 +174,10 @@ pub fn bind_shards(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::T
             io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))
         }
     })?;
-    let bound = probe.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))?;
+    let bound = probe
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an IP socket"))?;
     drop(probe);
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
@@ -171,7 +186,8 @@ pub fn bind_shards(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::T
         s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
         s.set_cloexec(true)?;
-        s.bind(&bound.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot bind {bound}: {e}")))?;
+        s.bind(&bound.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {bound}: {e}")))?;
         s.listen(1024)?;
         out.push(s.into());
     }

@@ -58,7 +58,9 @@ fn engine_err(e: &KvsError) -> Vec<u8> {
 }
 
 fn wrong_args(cmd: &str) -> Vec<u8> {
-    err(&format!("ERR wrong number of arguments for '{cmd}' command"))
+    err(&format!(
+        "ERR wrong number of arguments for '{cmd}' command"
+    ))
 }
 
 fn task(f: impl std::future::Future<Output = Vec<u8>> + 'static) -> Slot {
@@ -70,14 +72,23 @@ impl<S: Store> Dialect<S> for Resp {
         let (args, used) = match parse_command(buf) {
             Ok(None) => return Step::More,
             Ok(Some(c)) => c,
-            Err(e) => return Step::Fatal { reply: err(&format!("ERR {e}")) },
+            Err(e) => {
+                return Step::Fatal {
+                    reply: err(&format!("ERR {e}")),
+                }
+            }
         };
         if args.is_empty() {
-            return Step::Request { slot: Slot::Ready(Vec::new()), used };
+            return Step::Request {
+                slot: Slot::Ready(Vec::new()),
+                used,
+            };
         }
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
         if name == "quit" {
-            return Step::Fatal { reply: simple("OK") };
+            return Step::Fatal {
+                reply: simple("OK"),
+            };
         }
         let slot = self.command(&name, &args, store);
         Step::Request { slot, used }
@@ -121,7 +132,10 @@ impl Resp {
                 String::from_utf8_lossy(&args[3])
             ))),
             "del" | "unlink" if argc >= 2 => {
-                let fs: Vec<_> = args[1..].iter().map(|k| store.call(Op::Remove(k.clone()))).collect();
+                let fs: Vec<_> = args[1..]
+                    .iter()
+                    .map(|k| store.call(Op::Remove(k.clone())))
+                    .collect();
                 task(async move {
                     let mut n = 0;
                     for r in join_all(fs).await {
@@ -135,7 +149,10 @@ impl Resp {
                 })
             }
             "exists" if argc >= 2 => {
-                let fs: Vec<_> = args[1..].iter().map(|k| store.call(Op::Get(k.clone()))).collect();
+                let fs: Vec<_> = args[1..]
+                    .iter()
+                    .map(|k| store.call(Op::Get(k.clone())))
+                    .collect();
                 task(async move {
                     let mut n = 0;
                     for r in join_all(fs).await {
@@ -149,7 +166,10 @@ impl Resp {
                 })
             }
             "mget" if argc >= 2 => {
-                let fs: Vec<_> = args[1..].iter().map(|k| store.call(Op::Get(k.clone()))).collect();
+                let fs: Vec<_> = args[1..]
+                    .iter()
+                    .map(|k| store.call(Op::Get(k.clone())))
+                    .collect();
                 task(async move {
                     let results = join_all(fs).await;
                     let mut out = Vec::new();
@@ -188,17 +208,41 @@ impl Resp {
             }
             "select" if argc == 2 => match &args[1][..] {
                 b"0" => Slot::Ready(simple("OK")),
-                _ => Slot::Ready(err("ERR DB index is out of range (kvs has database 0 only)")),
+                _ => Slot::Ready(err(
+                    "ERR DB index is out of range (kvs has database 0 only)",
+                )),
             },
-            _ if matches!(name, "get" | "set" | "del" | "unlink" | "exists" | "mget" | "mset" | "dbsize" | "select" | "echo") => {
+            _ if matches!(
+                name,
+                "get"
+                    | "set"
+                    | "del"
+                    | "unlink"
+                    | "exists"
+                    | "mget"
+                    | "mset"
+                    | "dbsize"
+                    | "select"
+                    | "echo"
+            ) =>
+            {
                 Slot::Ready(wrong_args(name))
             }
             _ => {
                 let _ = &self.name;
-                let shown: String = String::from_utf8_lossy(&args[0]).chars().take(128).collect();
+                let shown: String = String::from_utf8_lossy(&args[0])
+                    .chars()
+                    .take(128)
+                    .collect();
                 // Redis's wording, including the space after each quoted argument.
-                let rest: String = args[1..].iter().take(8).map(|a| format!("'{}' ", String::from_utf8_lossy(a))).collect();
-                Slot::Ready(err(&format!("ERR unknown command '{shown}', with args beginning with: {rest}")))
+                let rest: String = args[1..]
+                    .iter()
+                    .take(8)
+                    .map(|a| format!("'{}' ", String::from_utf8_lossy(a)))
+                    .collect();
+                Slot::Ready(err(&format!(
+                    "ERR unknown command '{shown}', with args beginning with: {rest}"
+                )))
             }
         }
     }

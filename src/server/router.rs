@@ -51,7 +51,9 @@ pub struct KvsRouter<D: Disk> {
 
 impl<D: Disk> Clone for KvsRouter<D> {
     fn clone(&self) -> Self {
-        KvsRouter { inner: self.inner.clone() }
+        KvsRouter {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -108,7 +110,9 @@ impl<D: Disk> Store for KvsRouter<D> {
             let mut partitions = Vec::new();
             for inbox in inboxes.iter() {
                 let (tx, rx) = oneshot::channel();
-                inbox.send(ShardMsg::Stats(tx)).map_err(|_| KvsError::Closed)?;
+                inbox
+                    .send(ShardMsg::Stats(tx))
+                    .map_err(|_| KvsError::Closed)?;
                 for s in rx.await.map_err(|_| KvsError::Closed)? {
                     partitions.push(PartitionStats {
                         partition: s.partition,
@@ -121,7 +125,10 @@ impl<D: Disk> Store for KvsRouter<D> {
                 }
             }
             partitions.sort_by_key(|p| p.partition);
-            Ok(StatsReport { io_backend: io_backend.to_owned(), partitions })
+            Ok(StatsReport {
+                io_backend: io_backend.to_owned(),
+                partitions,
+            })
         })
     }
 }
@@ -148,7 +155,10 @@ impl Store for SledStore {
     fn flush(&self) {}
 
     fn stats(&self) -> LocalBoxFuture<Result<StatsReport>> {
-        let report = StatsReport { io_backend: self.io_backend.to_owned(), partitions: Vec::new() };
+        let report = StatsReport {
+            io_backend: self.io_backend.to_owned(),
+            partitions: Vec::new(),
+        };
         Box::pin(async move { Ok(report) })
     }
 

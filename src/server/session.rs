@@ -118,10 +118,17 @@ impl<N: NetStream> Conn<N> {
 
 /// Serves one connection to its end: sniffs the dialect from the first byte, then reads
 /// requests and writes responses until either side closes.
-pub async fn serve_connection<N: NetStream, S: Store>(conn: Rc<Conn<N>>, store: S, limits: SessionLimits) {
+pub async fn serve_connection<N: NetStream, S: Store>(
+    conn: Rc<Conn<N>>,
+    store: S,
+    limits: SessionLimits,
+) {
     let timer = tokio::task::spawn_local(watch_timeouts(conn.clone(), limits));
     let writer = tokio::task::spawn_local(write_responses(conn.clone()));
-    let (res, first) = conn.stream.read(Vec::with_capacity(READ_BUFFER_BYTES_MIN)).await;
+    let (res, first) = conn
+        .stream
+        .read(Vec::with_capacity(READ_BUFFER_BYTES_MIN))
+        .await;
     match res {
         Ok(n) if n > 0 && !conn.stop_reading.get() => {
             if is_native_magic_start(first[0]) {
@@ -138,7 +145,12 @@ pub async fn serve_connection<N: NetStream, S: Store>(conn: Rc<Conn<N>>, store: 
     timer.abort();
 }
 
-async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(conn: &Conn<N>, store: &S, mut dialect: T, first: Vec<u8>) {
+async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
+    conn: &Conn<N>,
+    store: &S,
+    mut dialect: T,
+    first: Vec<u8>,
+) {
     let mut buf = first;
     buf.reserve(READ_BUFFER_BYTES_MIN.saturating_sub(buf.len()));
     loop {
@@ -178,8 +190,16 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(conn: &Conn<N>, st
             break;
         }
         buf.drain(..used);
-        conn.partial_since.set(if buf.is_empty() { None } else { Some(conn.partial_since.get().unwrap_or_else(Instant::now)) });
-        let need = if buf.is_empty() { 0 } else { dialect.need(&buf).min(FRAME_BYTES_MAX + 64) };
+        conn.partial_since.set(if buf.is_empty() {
+            None
+        } else {
+            Some(conn.partial_since.get().unwrap_or_else(Instant::now))
+        });
+        let need = if buf.is_empty() {
+            0
+        } else {
+            dialect.need(&buf).min(FRAME_BYTES_MAX + 64)
+        };
         let want = need.max(buf.len() + READ_BUFFER_BYTES_MIN / 2);
         if buf.capacity() < want {
             buf.reserve(want - buf.len());
@@ -292,7 +312,10 @@ fn encode(r: &Response) -> Vec<u8> {
     let mut out = Vec::new();
     if encode_response(r, &mut out).is_err() {
         out.clear();
-        let e = Response::Error { kind: ErrorKind::Internal, message: "response could not be encoded".into() };
+        let e = Response::Error {
+            kind: ErrorKind::Internal,
+            message: "response could not be encoded".into(),
+        };
         let _ = encode_response(&e, &mut out);
     }
     out
@@ -307,7 +330,10 @@ pub fn error_response(e: &KvsError) -> Response {
         KvsError::DiskFull => ErrorKind::DiskFull,
         _ => ErrorKind::Internal,
     };
-    Response::Error { kind, message: e.to_string() }
+    Response::Error {
+        kind,
+        message: e.to_string(),
+    }
 }
 
 impl<S: Store> Dialect<S> for Native {
@@ -323,7 +349,10 @@ impl<S: Store> Dialect<S> for Native {
                         return Step::Fatal { reply };
                     }
                     self.greeted = true;
-                    Step::Request { slot: Slot::Ready(reply), used: crate::protocol::HELLO_BYTES }
+                    Step::Request {
+                        slot: Slot::Ready(reply),
+                        used: crate::protocol::HELLO_BYTES,
+                    }
                 }
                 Err(_) => Step::Fatal { reply: Vec::new() },
             };
@@ -331,10 +360,17 @@ impl<S: Store> Dialect<S> for Native {
         let (request, used) = match decode_request(buf) {
             Ok(None) => return Step::More,
             Ok(Some(r)) => r,
-            Err(e) => return Step::Fatal { reply: encode(&e.to_response()) },
+            Err(e) => {
+                return Step::Fatal {
+                    reply: encode(&e.to_response()),
+                }
+            }
         };
         if let Err(e) = request.check_limits() {
-            return Step::Request { slot: Slot::Ready(encode(&e.to_response())), used };
+            return Step::Request {
+                slot: Slot::Ready(encode(&e.to_response())),
+                used,
+            };
         }
         let slot = match request {
             Request::Ping => Slot::Ready(encode(&Response::Pong)),

@@ -34,7 +34,10 @@ pub enum Phase {
 
 /// What a worker's engine is.
 pub enum EngineSetup {
-    Kvs { partitions: Vec<PartitionConfig>, owner_of: Arc<[usize]> },
+    Kvs {
+        partitions: Vec<PartitionConfig>,
+        owner_of: Arc<[usize]>,
+    },
     Sled(SledKvsEngine),
 }
 
@@ -74,7 +77,9 @@ pub fn run(setup: WorkerSetup) {
             Ok(())
         })(),
         IoBackendKind::Blocking => (|| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let disk = BlockingDisk::new()?;
             let local = tokio::task::LocalSet::new();
             let std_listener = setup.listener.try_clone()?;
@@ -96,9 +101,18 @@ pub fn run(setup: WorkerSetup) {
 }
 
 async fn worker_main<D: Disk, L: NetListener>(disk: D, listener: L, mut setup: WorkerSetup) {
-    let engine = std::mem::replace(&mut setup.engine, EngineSetup::Kvs { partitions: Vec::new(), owner_of: Arc::from(Vec::new()) });
+    let engine = std::mem::replace(
+        &mut setup.engine,
+        EngineSetup::Kvs {
+            partitions: Vec::new(),
+            owner_of: Arc::from(Vec::new()),
+        },
+    );
     match engine {
-        EngineSetup::Kvs { partitions, owner_of } => {
+        EngineSetup::Kvs {
+            partitions,
+            owner_of,
+        } => {
             let shard = match Shard::open(&disk, partitions).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -122,7 +136,15 @@ async fn worker_main<D: Disk, L: NetListener>(disk: D, listener: L, mut setup: W
         }
         EngineSetup::Sled(db) => {
             let _ = setup.ready.send((setup.index, Ok(())));
-            run_sessions(listener, SledStore { db, io_backend: setup.backend.name() }, &mut setup).await;
+            run_sessions(
+                listener,
+                SledStore {
+                    db,
+                    io_backend: setup.backend.name(),
+                },
+                &mut setup,
+            )
+            .await;
         }
     }
 }
@@ -137,7 +159,12 @@ async fn run_sessions<L: NetListener, S: Store>(listener: L, store: S, setup: &m
     let ended = Rc::new(Notify::new());
     let draining = Rc::new(Cell::new(false));
     let accepting = {
-        let (listener, sessions, ended, draining) = (listener.clone(), sessions.clone(), ended.clone(), draining.clone());
+        let (listener, sessions, ended, draining) = (
+            listener.clone(),
+            sessions.clone(),
+            ended.clone(),
+            draining.clone(),
+        );
         let connections = setup.connections.clone();
         let max = setup.max_connections;
         let limits = setup.limits.clone();
@@ -168,8 +195,13 @@ async fn run_sessions<L: NetListener, S: Store>(listener: L, store: S, setup: &m
                 next_id += 1;
                 let conn = Rc::new(Conn::new(stream));
                 sessions.borrow_mut().insert(id, conn.clone());
-                let (store, sessions, ended, connections, limits) =
-                    (store.clone(), sessions.clone(), ended.clone(), connections.clone(), limits.clone());
+                let (store, sessions, ended, connections, limits) = (
+                    store.clone(),
+                    sessions.clone(),
+                    ended.clone(),
+                    connections.clone(),
+                    limits.clone(),
+                );
                 tokio::task::spawn_local(async move {
                     session::serve_connection(conn, store, limits).await;
                     sessions.borrow_mut().remove(&id);
