@@ -8,6 +8,8 @@
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 
+use tokio_uring::buf::BoundedBuf;
+
 /// One accepted connection.
 #[expect(
     async_fn_in_trait,
@@ -40,7 +42,11 @@ pub struct UringStream(tokio_uring::net::TcpStream);
 
 impl NetStream for UringStream {
     async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        self.0.read(buf).await
+        // tokio-uring reads a Vec from its first byte, over whatever it holds; reading into
+        // the slice past `len` appends instead, as the trait promises.
+        let start = buf.len();
+        let (res, slice) = self.0.read(buf.slice(start..)).await;
+        (res, slice.into_inner())
     }
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         self.0.write_all(buf).await
