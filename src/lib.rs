@@ -9,6 +9,8 @@
 //! - [`protocol`]: wire codecs (the native postcard frames and RESP). Codecs do no I/O.
 //! - [`server`]: the thread-per-core server behind `kvs-server`.
 //! - [`client`]: [`KvsClient`], the async client library behind `kvs-client`.
+//! - [`bench`]: the load generator behind `kvs-bench` (native protocol and RESP, so it
+//!   drives kvs and Redis alike) and the side-by-side summary `ci/bench.sh` writes.
 //! - [`thread_pool`]: the `ThreadPool` trait and its implementations.
 //! - [`limits`]: every limit in one place.
 //!
@@ -19,6 +21,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("kvs builds on Linux only (io_uring, CPU pinning): see LINUX_ONLY.md");
 
+pub mod bench;
 pub mod client;
 pub mod engine;
 pub mod error;

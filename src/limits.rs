@@ -68,6 +68,15 @@ pub const PARTITIONS_DEFAULT: u32 = 16;
 /// Most partitions a data directory may have.
 pub const PARTITIONS_MAX: u32 = 1024;
 
+/// Most connections one `kvs-bench` run opens.
+pub const BENCH_CONNECTIONS_MAX: u32 = 16_384;
+/// Most generator threads one `kvs-bench` run starts.
+pub const BENCH_THREADS_MAX: u32 = 256;
+/// Time `kvs-bench` gives a connection attempt before it gives up.
+pub const BENCH_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// A `kvs-bench` run in which no reply arrives for this long is abandoned as stalled.
+pub const BENCH_STALL_TIMEOUT_MS: u64 = 10_000;
+
 const _: () = assert!(SEGMENT_BYTES_MIN as usize >= 64);
 const _: () = assert!(FRAME_BYTES_MAX > KEY_BYTES_MAX + VALUE_BYTES_MAX);
 const _: () = assert!(REQUEST_BYTES_IN_FLIGHT_MAX >= FRAME_BYTES_MAX);
@@ -76,6 +85,9 @@ const _: () = assert!(RESP_COMMAND_BYTES_MAX >= FRAME_BYTES_MAX + RESP_LINE_BYTE
 const _: () = assert!(CLIENT_NAME_BYTES_MAX <= RESP_LINE_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT as usize > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);
 const _: () = assert!(WRITE_BATCH_BYTES_MAX <= SEGMENT_BYTES_DEFAULT as usize);
+// A load generator should be able to use every connection a server accepts by default.
+const _: () = assert!(BENCH_CONNECTIONS_MAX as usize <= CONNECTIONS_MAX);
+const _: () = assert!(BENCH_CONNECT_TIMEOUT_MS < BENCH_STALL_TIMEOUT_MS);
 // The kernel rounds ring sizes up to a power of two and refuses more than 32768 entries.
 const _: () = assert!(URING_ENTRIES.is_power_of_two() && URING_ENTRIES <= 32_768);
 const _: () = assert!(FILE_IO_THREADS_DEFAULT >= 1);
