@@ -30,11 +30,14 @@ use support::server::{io_backends, Server, ServerBuilder};
 
 /// A test fails when the attacked p99 is more than this many times the quiet p99 *and* more
 /// than [`LATENCY_FLOOR`]: a bound meant to catch a server that stops serving others, not to
-/// measure fairness on a loaded 2-core machine. The real ratios are printed and recorded.
+/// measure fairness, which is a benchmark's job (a timed test on a shared 2-core machine, where
+/// attacker, server and client share the cores, would be flaky). The real ratios are printed
+/// and recorded in RELIABILITY.md.
 const LATENCY_RATIO_FAIL: f64 = 20.0;
-/// Below this, an attacked p99 passes whatever the ratio (sub-millisecond quiet figures make
-/// ratios meaningless).
-const LATENCY_FLOOR: Duration = Duration::from_millis(50);
+/// Below this, an attacked p99 passes whatever the ratio. A well-behaved write queued behind an
+/// attacker's 4 MiB group commit and its fdatasync was measured at up to 98 ms on a loaded
+/// machine; a server that stopped serving others would take seconds.
+const LATENCY_FLOOR: Duration = Duration::from_secs(1);
 /// The value cache the servers here run with, so that resident memory shows connection state
 /// rather than cached values.
 const CACHE_BYTES: &str = "16777216";
