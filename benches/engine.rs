@@ -16,7 +16,7 @@
 //! `FsyncPolicy::Never`: acknowledged once the write reached the kernel) to show what the
 //! fdatasync costs.
 //!
-//! `cargo bench --bench engine` (about 5 minutes); `cargo bench --bench engine -- get_hit`
+//! `cargo bench --bench engine` (about 6 minutes); `cargo bench --bench engine -- get_hit`
 //! runs a subset. Under `cargo test` every benchmark runs once on a small key set.
 
 use std::time::Duration;
@@ -215,8 +215,10 @@ fn engine_benches(c: &mut Criterion, key_count: u64) {
     let keys = Keys::new(key_count);
     for value_len in VALUE_SIZES {
         let value = support::value(value_len, SEED);
-        let engines = Engines::open(&rt, &keys, &value);
         for w in Workload::ALL {
+            // Fresh stores for each workload, so that no compaction or segment
+            // preparation left running by an earlier workload's writes competes with it.
+            let engines = Engines::open(&rt, &keys, &value);
             for in_flight in IN_FLIGHT {
                 let mut g = c.benchmark_group(format!("{}/{value_len}B", w.name()));
                 g.throughput(Throughput::Elements(in_flight as u64));

@@ -1,6 +1,6 @@
 //! Open time and resident memory per key of a kvs store, printed as JSON.
 //!
-//! For each key count: load that many live keys (16-byte keys, `--value-bytes` values) into a
+//! For each key count, in a fresh process: load that many live keys (16-byte keys, `--value-bytes` values) into a
 //! fresh store and read the resident-memory growth from the empty open; close; then open the
 //! store in fresh child processes, alternately with its hint files and without them (moved
 //! aside), timing `KvStore::open_with` and its resident-memory growth. Medians are reported.
@@ -45,6 +45,9 @@ struct Args {
     /// Runs in a child process: open the store in this directory, report, exit.
     #[arg(long, hide = true)]
     child_open: Option<PathBuf>,
+    /// Runs in a child process: measure the first `--keys` count and print its JSON object.
+    #[arg(long, hide = true)]
+    child_measure: bool,
     /// Only load the first `--keys` count into this (new) directory and exit, leaving a
     /// store to profile opens on: `valgrind --tool=callgrind BENCH --bench --child-open DIR`.
     #[arg(long)]
@@ -77,11 +80,15 @@ fn main() {
             return;
         }
     }
+    if args.child_measure {
+        println!("{}", measure(args.keys[0], &args));
+        return;
+    }
     let env = support::environment();
     let mut runs = Vec::new();
     for &n in &args.keys {
         eprintln!("open_memory: {n} keys");
-        runs.push(measure(n, &args));
+        runs.push(measure_in_child(n, &args));
     }
     println!(
         "{{\"bench\":\"open_memory\",\"cpu\":\"{}\",\"cores\":{},\"kernel\":\"{}\",\"commit\":\"{}\",\
@@ -142,6 +149,26 @@ async fn counts(store: &KvStore) -> Counts {
         segments: stats.iter().map(|s| s.segments).sum(),
         index_bytes: stats.iter().map(|s| s.index_bytes).sum(),
     }
+}
+
+/// [`measure`] in a fresh process, so that memory one key count freed does not hide the
+/// growth of the next.
+fn measure_in_child(n: u64, args: &Args) -> String {
+    let out = std::process::Command::new(std::env::current_exe().expect("current exe"))
+        .args(["--bench", "--child-measure"])
+        .args(["--keys", &n.to_string()])
+        .args(["--value-bytes", &args.value_bytes.to_string()])
+        .args(["--io", &format!("{:?}", args.io).to_lowercase()])
+        .args(["--partitions", &args.partitions.to_string()])
+        .args(["--opens", &args.opens.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run the child");
+    assert!(out.status.success(), "measuring {n} keys failed");
+    String::from_utf8(out.stdout)
+        .expect("JSON is UTF-8")
+        .trim()
+        .to_owned()
 }
 
 /// Loads `n` keys, then times the opens; returns one JSON object.
