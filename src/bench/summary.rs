@@ -315,20 +315,33 @@ fn xml_escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Two significant digits at most, without a trailing `.0`: 1.25 as `1.3`, 52.2 as `52`.
+fn short_number(v: f64) -> String {
+    let text = if v < 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    };
+    text.strip_suffix(".0").map_or(text.clone(), str::to_owned)
+}
+
 /// 1234567 as `1.2M`, 45678 as `46k`.
 fn short_count(v: f64) -> String {
     if v >= 1e6 {
-        format!("{:.1}M", v / 1e6)
+        format!("{}M", short_number(v / 1e6))
     } else if v >= 1e3 {
-        format!("{:.0}k", v / 1e3)
+        format!("{}k", short_number(v / 1e3))
     } else {
-        format!("{v:.0}")
+        short_number(v)
     }
 }
 
+/// 782 as `782µs`, 52230 as `52ms`, 1.5e6 as `1.5s`.
 fn short_micros(us: f64) -> String {
-    if us >= 1000.0 {
-        format!("{:.1}ms", us / 1000.0)
+    if us >= 1e6 {
+        format!("{}s", short_number(us / 1e6))
+    } else if us >= 1000.0 {
+        format!("{}ms", short_number(us / 1000.0))
     } else {
         format!("{us:.0}µs")
     }
@@ -397,7 +410,7 @@ fn panel(out: &mut String, p: &Panel<'_>, workloads: &[String]) {
         r##"<line x1="{left:.1}" y1="{PLOT_BOTTOM}" x2="{right:.1}" y2="{PLOT_BOTTOM}" stroke="#333"/>"##
     );
     let group = (right - left) / p.values.len().max(1) as f64;
-    let bar = (group * 0.36).min(34.0);
+    let bar = (group * 0.42).min(34.0);
     for (i, ((kvs, redis), name)) in p.values.iter().zip(workloads).enumerate() {
         let center = left + group * (i as f64 + 0.5);
         for (value, color, dx) in [(kvs, KVS_COLOR, -bar), (redis, REDIS_COLOR, 0.0)] {
@@ -407,7 +420,7 @@ fn panel(out: &mut String, p: &Panel<'_>, workloads: &[String]) {
             let y = y_of(v).min(PLOT_BOTTOM - 1.0);
             let _ = writeln!(
                 out,
-                r#"<rect x="{:.1}" y="{y:.1}" width="{bar:.1}" height="{:.1}" fill="{color}"><title>{}</title></rect><text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"#,
+                r#"<rect x="{:.1}" y="{y:.1}" width="{bar:.1}" height="{:.1}" fill="{color}"><title>{}</title></rect><text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{}</text>"#,
                 center + dx,
                 PLOT_BOTTOM - y,
                 (p.label)(v),
@@ -522,6 +535,18 @@ mod tests {
             }),
             client_cpu: None,
         }
+    }
+
+    #[test]
+    fn chart_labels_are_short() {
+        // Guards against labels such as 1000.0ms or 1.0M that crowd the chart.
+        assert_eq!(short_count(1_000_000.0), "1M");
+        assert_eq!(short_count(410_253.0), "410k");
+        assert_eq!(short_count(5_275.0), "5.3k");
+        assert_eq!(short_micros(1_000_000.0), "1s");
+        assert_eq!(short_micros(101_970.0), "102ms");
+        assert_eq!(short_micros(4_600.0), "4.6ms");
+        assert_eq!(short_micros(782.4), "782µs");
     }
 
     #[test]
