@@ -744,17 +744,7 @@ impl<D: Disk> Partition<D> {
             );
         }
 
-        let id = {
-            let mut st = self.inner.state.borrow_mut();
-            let id = st.next_id;
-            st.next_id += 1;
-            to_u32(id, "segment id")?
-        };
-        let header = SegmentHeader {
-            origin: Origin::Log,
-            id: u64::from(id),
-            partition: self.inner.cfg.id,
-        };
+        let (id, header) = self.next_segment(Origin::Log)?;
         let path = segment::segment_path(&dir, u64::from(id));
         let spare = self.inner.state.borrow_mut().spare.take();
         let made = match spare {
@@ -797,6 +787,19 @@ impl<D: Disk> Partition<D> {
         st.active_hint = HintWriter::default();
         st.active_preallocated = preallocated;
         Ok(())
+    }
+
+    /// Takes the next segment id (ids only grow) and makes the header of a segment with it.
+    fn next_segment(&self, origin: Origin) -> Result<(u32, SegmentHeader)> {
+        let mut st = self.inner.state.borrow_mut();
+        let id = to_u32(st.next_id, "segment id")?;
+        st.next_id += 1;
+        let header = SegmentHeader {
+            origin,
+            id: u64::from(id),
+            partition: self.inner.cfg.id,
+        };
+        Ok((id, header))
     }
 
     /// Zero-fills the next segment in the background: once the active segment is half full,
@@ -1002,17 +1005,7 @@ impl<D: Disk> Partition<D> {
                     };
                     if need_new {
                         self.flush_output(&mut outputs, &mut out_buf).await?;
-                        let id = {
-                            let mut st = self.inner.state.borrow_mut();
-                            let id = st.next_id;
-                            st.next_id += 1;
-                            to_u32(id, "segment id")?
-                        };
-                        let header = SegmentHeader {
-                            origin: Origin::Compaction,
-                            id: u64::from(id),
-                            partition: self.inner.cfg.id,
-                        };
+                        let (id, header) = self.next_segment(Origin::Compaction)?;
                         let path = segment::tmp_path(&segment::segment_path(&dir, u64::from(id)));
                         let f = create_segment_file(disk, &path, header).await?;
                         outputs.push((id, f, SEGMENT_HEADER_BYTES, HintWriter::default()));
