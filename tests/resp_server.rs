@@ -249,7 +249,13 @@ fn redis_cli_interactive_start_up_reads_command_docs() {
         return;
     };
     let Some(script) = which("script") else {
-        println!("skipped: redis_cli_interactive_start_up: `script` (util-linux) is not installed");
+        {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: redis_cli_interactive_start_up: `script` (util-linux) is not installed"
+            );
+        }
         return;
     };
     for backend in backends() {

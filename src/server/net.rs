@@ -260,7 +260,13 @@ mod tests {
         assert_eq!(got, b"held first second");
 
         if let Err(e) = crate::io_backend::uring::probe() {
-            println!("skipped: the io_uring half: io_uring is unavailable here: {e}");
+            {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped: the io_uring half: io_uring is unavailable here: {e}"
+                );
+            }
             return;
         }
         let (std_listener, addr) = bound();

@@ -338,7 +338,13 @@ pub fn redis_tool(name: &str, test: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|path| is_executable(path));
     if found.is_none() {
-        println!("skipped: {test}: {name} is not installed (bash ci/install-deps.sh installs it)");
+        {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: {test}: {name} is not installed (bash ci/install-deps.sh installs it)"
+            );
+        }
     }
     found
 }
