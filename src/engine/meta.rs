@@ -112,6 +112,12 @@ impl StoreMeta {
     /// Reads the meta file; `Ok(None)` if the directory has none yet.
     pub fn load(dir: &Path) -> Result<Option<StoreMeta>> {
         let path = Self::path(dir);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(KvsError::Config(format!(
+                "{} is a symbolic link; kvs does not follow links inside its data directory",
+                path.display()
+            )));
+        }
         match fs::read(&path) {
             Ok(bytes) => {
                 let text = String::from_utf8(bytes).map_err(|_| KvsError::Corrupt {
@@ -163,7 +169,8 @@ impl StoreMeta {
 pub fn owner_only() -> fs::OpenOptions {
     use std::os::unix::fs::OpenOptionsExt;
     let mut o = fs::OpenOptions::new();
-    o.mode(0o600);
+    // A link in the data directory is never followed out of it.
+    o.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     o
 }
 

@@ -216,6 +216,12 @@ impl<D: Disk> Partition<D> {
                 cfg.segment_bytes
             )));
         }
+        if std::fs::symlink_metadata(&cfg.dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(KvsError::Config(format!(
+                "{} is a symbolic link; kvs does not follow links inside its data directory",
+                cfg.dir.display()
+            )));
+        }
         super::meta::create_dir_durable(&cfg.dir)?;
         let state = recover(&disk, &cfg).await?;
         let (done_tx, done_rx) = oneshot::channel();
@@ -1323,6 +1329,16 @@ impl SegmentRecords {
 /// segment.
 async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::File>> {
     let dir = &cfg.dir;
+    // Nothing in a partition directory is a link: none is ever followed out of it.
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_symlink() {
+            return Err(KvsError::Config(format!(
+                "{} is a symbolic link; kvs does not follow links inside its data directory",
+                entry.path().display()
+            )));
+        }
+    }
     let mpath = dir.join(MANIFEST_NAME);
     if let Ok(bytes) = std::fs::read(&mpath) {
         let m = CompactionManifest::decode(&bytes).map_err(|r| corrupt(&mpath, 0, r))?;

@@ -140,6 +140,8 @@ impl Disk for BlockingDisk {
                     .write(true)
                     .create(create)
                     .mode(0o600)
+                    // A link in the data directory is never followed out of it.
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(path)
             })
             .await??;

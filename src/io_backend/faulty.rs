@@ -65,6 +65,8 @@ impl Disk for StdDisk {
             .write(true)
             .create(create)
             .mode(0o600)
+            // A link in the data directory is never followed out of it.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map(StdFile)
     }

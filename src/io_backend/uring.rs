@@ -147,6 +147,8 @@ impl Disk for UringDisk {
             .write(true)
             .create(create)
             .mode(0o600)
+            // A link in the data directory is never followed out of it.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
         let std = file.try_clone()?;
         Ok(UringFile {
