@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use super::router::Store;
+use super::router::{LocalBoxFuture, Store};
 use super::session::{answer, Dialect, Slot, Step};
 use super::ServerFacts;
 use crate::engine::shard::{Op, OpResult};
@@ -220,13 +220,10 @@ impl Resp {
                 })
             }
             Cmd::Del => {
-                if let Err(e) = check_keys(&args[1..]) {
-                    return Slot::Ready(e);
-                }
-                let fs: Vec<_> = args[1..]
-                    .iter()
-                    .map(|k| store.call(Op::Remove(k.clone())))
-                    .collect();
+                let fs = match per_key(store, &args[1..], Op::Remove) {
+                    Ok(fs) => fs,
+                    Err(e) => return Slot::Ready(e),
+                };
                 task(async move {
                     let mut n = 0;
                     for r in join_all(fs).await {
@@ -240,13 +237,10 @@ impl Resp {
                 })
             }
             Cmd::Exists => {
-                if let Err(e) = check_keys(&args[1..]) {
-                    return Slot::Ready(e);
-                }
-                let fs: Vec<_> = args[1..]
-                    .iter()
-                    .map(|k| store.call(Op::Get(k.clone())))
-                    .collect();
+                let fs = match per_key(store, &args[1..], Op::Get) {
+                    Ok(fs) => fs,
+                    Err(e) => return Slot::Ready(e),
+                };
                 task(async move {
                     let mut n = 0;
                     for r in join_all(fs).await {
@@ -260,13 +254,10 @@ impl Resp {
                 })
             }
             Cmd::Mget => {
-                if let Err(e) = check_keys(&args[1..]) {
-                    return Slot::Ready(e);
-                }
-                let fs: Vec<_> = args[1..]
-                    .iter()
-                    .map(|k| store.call(Op::Get(k.clone())))
-                    .collect();
+                let fs = match per_key(store, &args[1..], Op::Get) {
+                    Ok(fs) => fs,
+                    Err(e) => return Slot::Ready(e),
+                };
                 task(async move {
                     let results = join_all(fs).await;
                     let mut out = Vec::new();
@@ -458,6 +449,16 @@ impl Resp {
 }
 
 /// The reply to `SET key value <option> ...`.
+/// Checks `keys` against the limits, then starts `op` on each (DEL, EXISTS, MGET).
+fn per_key<S: Store>(
+    store: &S,
+    keys: &[Bytes],
+    op: fn(Bytes) -> Op,
+) -> Result<Vec<LocalBoxFuture<OpResult>>, Vec<u8>> {
+    check_keys(keys)?;
+    Ok(keys.iter().map(|k| store.call(op(k.clone()))).collect())
+}
+
 /// GET's reply, appended to the output.
 fn reply_get(r: OpResult, out: &mut Vec<u8>) {
     match r {
