@@ -1,9 +1,11 @@
 //! Committed stores in the current on-disk format (`tests/fixtures/`), opened from copies.
 //!
-//! `v1/` is a small store: `kvs.meta` and one partition with a compaction output, sealed
-//! segments with hints, and an active segment. `v1-torn/` is the same store with half of one
-//! more record at the end of the active segment, as a crash in the middle of a write leaves
-//! it. Both come from [`write_fixtures`], which [`regenerate_fixtures`] runs on request.
+//! `v2/` is a small store: `kvs.meta` and one partition with a compaction output, sealed
+//! segments with hints, and an active segment (its segments hold sync marks). `v2-torn/` is
+//! the same store with half of one more record at the end of the active segment, as a crash
+//! in the middle of a write leaves it. Both come from [`write_fixtures`], which
+//! [`regenerate_fixtures`] runs on request. `v1/` and `v1-torn/` are the same stores in
+//! format 1, written by the format 1 code: they are never regenerated, and still must open.
 //!
 //! These tests guard against silent format drift: if the code stops reading the committed
 //! bytes the same way, or stops writing the same bytes, they fail. A deliberate format change
@@ -152,9 +154,12 @@ fn active_segment(store: &Path) -> PathBuf {
         .unwrap()
 }
 
-/// Makes `<out>/v1` and `<out>/v1-torn` (which must not exist yet).
+/// The format the code writes, and so the fixtures [`write_fixtures`] makes.
+const CURRENT: &str = "v2";
+
+/// Makes `<out>/v2` and `<out>/v2-torn` (which must not exist yet).
 fn write_fixtures(out: &Path) {
-    let v1 = out.join("v1");
+    let v1 = out.join(CURRENT);
     let rt = rt();
     rt.block_on(async {
         let store = KvStore::open_with(&v1, options(IoChoice::Blocking)).unwrap();
@@ -169,7 +174,7 @@ fn write_fixtures(out: &Path) {
     std::fs::remove_file(v1.join("LOCK")).unwrap();
 
     // The same store after one more write, cut off halfway through its record.
-    let torn = out.join("v1-torn");
+    let torn = out.join(format!("{CURRENT}-torn"));
     copy_store(&v1, &torn);
     let active = active_segment(&torn);
     let before = std::fs::metadata(&active).unwrap().len();
@@ -203,7 +208,7 @@ fn regenerate_fixtures() {
         println!("skipped: set {WRITE_ENV}=1 to rewrite tests/fixtures/");
         return;
     }
-    for name in ["v1", "v1-torn"] {
+    for name in [CURRENT.to_owned(), format!("{CURRENT}-torn")] {
         let _ = std::fs::remove_dir_all(fixtures().join(name));
     }
     write_fixtures(&fixtures());
@@ -250,7 +255,28 @@ async fn assert_fixture_contents(store: &KvStore, what: &str) {
 fn v1_fixture_has_the_expected_files() {
     // Guards against the fixture losing what it is meant to cover (a compaction output,
     // sealed segments with hints, an active segment without one).
-    let v1 = fixtures().join("v1");
+    fixture_has_the_expected_files("v1");
+}
+
+#[test]
+fn v2_fixture_has_the_expected_files() {
+    // Guards against the fixture losing what it is meant to cover, sync marks included.
+    fixture_has_the_expected_files("v2");
+    let v2 = fixtures().join("v2");
+    let active = active_segment(&v2);
+    let bytes = std::fs::read(&active).unwrap();
+    assert_eq!(bytes[8], 2, "a version 2 segment");
+    // A sync mark's kind, empty key and 8-byte value, after a record.
+    let mark = [3u8, 0, 0, 0, 0, 8, 0, 0, 0];
+    assert!(
+        bytes[32..].windows(mark.len()).any(|w| w == mark),
+        "{} holds a sync mark",
+        active.display()
+    );
+}
+
+fn fixture_has_the_expected_files(version: &str) {
+    let v1 = fixtures().join(version);
     let names: Vec<String> = files(&v1)
         .iter()
         .map(|f| f.to_string_lossy().into_owned())
@@ -286,8 +312,18 @@ fn v1_fixture_has_the_expected_files() {
 #[test]
 fn v1_fixture_opens_with_exact_contents() {
     // Guards against the code no longer reading stores written in format 1.
+    fixture_opens_with_exact_contents("v1");
+}
+
+#[test]
+fn v2_fixture_opens_with_exact_contents() {
+    // Guards against the code no longer reading stores written in format 2.
+    fixture_opens_with_exact_contents("v2");
+}
+
+fn fixture_opens_with_exact_contents(version: &str) {
     for io in backends() {
-        let dir = fixture_copy("v1");
+        let dir = fixture_copy(version);
         let rt = rt();
         rt.block_on(async {
             let store = KvStore::open_with(dir.path(), options(io)).unwrap();
@@ -299,12 +335,12 @@ fn v1_fixture_opens_with_exact_contents() {
         for f in files(dir.path()) {
             assert!(
                 std::fs::read(dir.path().join(&f)).unwrap()
-                    == std::fs::read(fixtures().join("v1").join(&f)).unwrap(),
+                    == std::fs::read(fixtures().join(version).join(&f)).unwrap(),
                 "{io:?}: {} changed",
                 f.display()
             );
         }
-        assert_eq!(files(dir.path()), files(&fixtures().join("v1")));
+        assert_eq!(files(dir.path()), files(&fixtures().join(version)));
         // And it takes writes.
         rt.block_on(async {
             let store = KvStore::open_with(dir.path(), options(io)).unwrap();
@@ -326,10 +362,21 @@ fn v1_fixture_opens_with_exact_contents() {
 fn v1_torn_fixture_opens_with_the_tail_cut() {
     // Guards against a torn final record making a format-1 store unopenable, being served,
     // or being left in place for later appends to follow.
+    torn_fixture_opens_with_the_tail_cut("v1");
+}
+
+#[test]
+fn v2_torn_fixture_opens_with_the_tail_cut() {
+    // Guards against a torn final record making a format-2 store unopenable, being served,
+    // or being left in place for later appends to follow.
+    torn_fixture_opens_with_the_tail_cut("v2");
+}
+
+fn torn_fixture_opens_with_the_tail_cut(version: &str) {
     for io in backends() {
-        let dir = fixture_copy("v1-torn");
+        let dir = fixture_copy(&format!("{version}-torn"));
         let active = active_segment(dir.path());
-        let intact = std::fs::metadata(active_segment(&fixtures().join("v1")))
+        let intact = std::fs::metadata(active_segment(&fixtures().join(version)))
             .unwrap()
             .len();
         assert!(std::fs::metadata(&active).unwrap().len() > intact);
@@ -366,7 +413,37 @@ fn v1_torn_fixture_opens_with_the_tail_cut() {
 fn v1_fixture_flipped_bit_under_a_hint_is_a_read_error() {
     // Guards against a hint being ignored (the store would scan instead) and against damage
     // under a valid hint ever being served as a value.
+    flipped_bit_under_a_hint_is_a_read_error("v1");
+}
+
+#[test]
+fn v2_fixture_flipped_bit_under_a_hint_is_a_read_error() {
+    // Guards against a hint being ignored, or damage under a valid hint being served, in
+    // format 2.
+    flipped_bit_under_a_hint_is_a_read_error("v2");
+}
+
+#[test]
+fn v1_fixture_damage_before_valid_records_refuses_open() {
+    // Guards against the format-1 rule being lost: a segment without sync marks refuses
+    // damage with a newer valid record after it rather than cutting it off.
     let dir = fixture_copy("v1");
+    let active = active_segment(dir.path());
+    let mut bytes = std::fs::read(&active).unwrap();
+    bytes[40] ^= 0x01; // inside the first record
+    std::fs::write(&active, &bytes).unwrap();
+    match KvStore::open_with(dir.path(), options(IoChoice::Blocking)) {
+        Err(KvsError::Corrupt { file, reason, .. }) => {
+            assert_eq!(file, active);
+            assert!(reason.contains("valid record follows"), "{reason}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened a store with damage before valid records"),
+    }
+}
+
+fn flipped_bit_under_a_hint_is_a_read_error(version: &str) {
+    let dir = fixture_copy(version);
     // key-45's only record is in a sealed log segment that has a hint.
     let target = key(45);
     let needle = value(45, 2);
@@ -418,8 +495,8 @@ fn fixture_generator_writes_the_committed_bytes() {
     // written (layout, checksums, names, which files exist) shows up here first.
     let out = tempfile::tempdir().unwrap();
     write_fixtures(out.path());
-    for name in ["v1", "v1-torn"] {
-        let (made, committed) = (out.path().join(name), fixtures().join(name));
+    for name in [CURRENT.to_owned(), format!("{CURRENT}-torn")] {
+        let (made, committed) = (out.path().join(&name), fixtures().join(&name));
         assert_eq!(files(&made), files(&committed), "{name}: the files differ");
         for f in files(&made) {
             assert!(

@@ -63,12 +63,16 @@ fn example_records() -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn format_doc_shows_the_segment_header_the_code_writes() {
     // Guards against docs/format.md describing a segment header the code does not write.
-    let h = SegmentHeader {
-        origin: Origin::Log,
-        id: 1,
-        partition: 3,
-    };
+    let h = SegmentHeader::new(Origin::Log, 1, 3);
     assert_documented("segment header", &h.encode());
+}
+
+#[test]
+fn format_doc_shows_the_sync_mark_the_code_writes() {
+    // Guards against docs/format.md describing a sync mark the code does not write.
+    let mut mark = Vec::new();
+    record::encode_mark(&mut mark, 61);
+    assert_documented("sync mark", &mark);
 }
 
 #[test]

@@ -28,7 +28,7 @@ use super::hint::{self, HintEntry, HintWriter};
 use super::index::{Index, Loc};
 use super::manifest::{CompactionManifest, MANIFEST_NAME};
 use super::newest::NewestRecords;
-use super::record::{self, RecordKind, RecordRef, RECORD_BYTES_MAX};
+use super::record::{self, Entry, RecordKind, RecordRef, MARK_BYTES, RECORD_BYTES_MAX};
 use super::segment::{self, FileKind, Origin, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::io_backend::{Disk, DiskFile};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX, WRITE_BATCH_BYTES_MAX};
@@ -132,6 +132,13 @@ struct State<F> {
     unsynced_since: Option<Instant>,
     /// The active segment was zero-filled ahead (writes into it do not extend the file).
     active_preallocated: bool,
+    /// The active segment is format 2 or later, so sync marks may be written to it.
+    active_marks: bool,
+    /// The active segment's records up to here are known to be on disk (fdatasynced since
+    /// they were written, by this process).
+    synced: u64,
+    /// The offset the last sync mark written to the active segment named.
+    marked: u64,
 }
 
 struct Inner<D: Disk> {
@@ -457,16 +464,28 @@ impl<D: Disk> Partition<D> {
     }
 
     async fn sync_if_dirty(&self) {
-        let file = {
+        let (file, active, tail) = {
             let st = self.inner.state.borrow();
             if st.unsynced_since.is_none() || st.poisoned.is_some() {
                 return;
             }
-            st.segments[&st.active].file.clone()
+            (st.segments[&st.active].file.clone(), st.active, st.tail)
         };
         match file.sync_data().await {
-            Ok(()) => self.inner.state.borrow_mut().unsynced_since = None,
+            Ok(()) => {
+                self.note_synced(active, tail);
+                self.inner.state.borrow_mut().unsynced_since = None;
+            }
             Err(e) => self.poison("fsync", &e),
+        }
+    }
+
+    /// Records that an fdatasync of segment `segment`, begun when its records ended at
+    /// `upto`, succeeded: the next batch's sync mark may say so.
+    fn note_synced(&self, segment: u32, upto: u64) {
+        let mut st = self.inner.state.borrow_mut();
+        if st.active == segment {
+            st.synced = st.synced.max(upto);
         }
     }
 
@@ -536,6 +555,7 @@ impl<D: Disk> Partition<D> {
 
         let mut buf = Vec::new();
         let mut ops: Vec<Op> = Vec::new();
+        let mut mark = None;
         {
             let mut st = self.inner.state.borrow_mut();
             let mut queue = self.inner.queue.borrow_mut();
@@ -543,6 +563,13 @@ impl<D: Disk> Partition<D> {
             // only once a delete needs it (most batches are all puts).
             let mut overlay: Option<HashMap<Bytes, bool>> = None;
             let room = self.inner.cfg.segment_bytes.saturating_sub(st.tail);
+            // Lead with a sync mark when a sync has made more of the segment durable since the
+            // last one: recovery then knows that damage before that offset is not a torn write.
+            // Marks are optional, so one that would not fit is left out.
+            if st.active_marks && st.synced > st.marked && (MARK_BYTES + first_len) as u64 <= room {
+                record::encode_mark(&mut buf, st.synced);
+                mark = Some(st.synced);
+            }
             while let Some(p) = queue.pop_front() {
                 let value = p.value.as_deref().unwrap_or(&[]);
                 let len = record::encoded_len(&p.key, value);
@@ -605,11 +632,10 @@ impl<D: Disk> Partition<D> {
             (st.segments[&st.active].file.clone(), st.tail, st.active)
         };
         let batch_len = buf.len() as u64;
+        let always = self.inner.cfg.fsync == FsyncPolicy::Always;
         let result = match write_all(&*file, buf, tail).await {
-            Ok(_) => match self.inner.cfg.fsync {
-                FsyncPolicy::Always => file.sync_data().await.map_err(|e| ("fsync", e)),
-                _ => Ok(()),
-            },
+            Ok(_) if always => file.sync_data().await.map_err(|e| ("fsync", e)),
+            Ok(_) => Ok(()),
             Err(e) => Err(("write", e)),
         };
         if let Err((op, e)) = result {
@@ -656,6 +682,12 @@ impl<D: Disk> Partition<D> {
         }
         st.tail = tail + batch_len;
         st.segments.get_mut(&active).expect("active segment").len = st.tail;
+        if let Some(durable) = mark {
+            st.marked = durable;
+        }
+        if always {
+            st.synced = st.tail;
+        }
         if self.inner.cfg.fsync != FsyncPolicy::Always && st.unsynced_since.is_none() {
             st.unsynced_since = Some(Instant::now());
         }
@@ -792,6 +824,10 @@ impl<D: Disk> Partition<D> {
         st.tail = SEGMENT_HEADER_BYTES;
         st.active_hint = HintWriter::default();
         st.active_preallocated = preallocated;
+        st.active_marks = true;
+        // The header was fdatasynced when the segment was made.
+        st.synced = SEGMENT_HEADER_BYTES;
+        st.marked = SEGMENT_HEADER_BYTES;
         Ok(())
     }
 
@@ -800,11 +836,7 @@ impl<D: Disk> Partition<D> {
         let mut st = self.inner.state.borrow_mut();
         let id = to_u32(st.next_id, "segment id")?;
         st.next_id += 1;
-        let header = SegmentHeader {
-            origin,
-            id: u64::from(id),
-            partition: self.inner.cfg.id,
-        };
+        let header = SegmentHeader::new(origin, u64::from(id), self.inner.cfg.id);
         Ok((id, header))
     }
 
@@ -1131,17 +1163,19 @@ impl<D: Disk> Partition<D> {
     /// sealed since were synced when they were sealed). A failure refuses writes, as any
     /// failed fsync does.
     async fn sync_log_before_dropping_records(&self) -> Result<()> {
-        let file = {
+        let (file, active, tail) = {
             let st = self.inner.state.borrow();
             if st.unsynced_since.is_none() {
                 return Ok(());
             }
-            st.segments[&st.active].file.clone()
+            (st.segments[&st.active].file.clone(), st.active, st.tail)
         };
         file.sync_data().await.map_err(|e| {
             self.poison("fsync", &e);
             self.poisoned_error()
-        })
+        })?;
+        self.note_synced(active, tail);
+        Ok(())
     }
 
     async fn flush_output(
@@ -1404,20 +1438,21 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
             ));
         }
         to_u32(id, "segment id")?;
-        headers.push((id as u32, header.origin, file));
+        headers.push((id as u32, header, file));
     }
     // The active segment: the newest one the writer loop made. Only it may have a torn tail.
     let active_id = headers
         .iter()
         .rev()
-        .find(|(_, o, _)| *o == Origin::Log)
+        .find(|(_, h, _)| h.origin == Origin::Log)
         .map(|(id, ..)| *id);
 
     let mut found = NewestRecords::default();
     let mut segments = BTreeMap::new();
     let mut max_seq = 0u64;
     let mut active_hint = HintWriter::default();
-    for (id, _origin, file) in headers {
+    let mut active_marks = true;
+    for (id, header, file) in headers {
         let path = segment::segment_path(dir, u64::from(id));
         let is_active = Some(id) == active_id;
         let file_len = file.len()?;
@@ -1454,6 +1489,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
                 &path,
                 file_len,
                 is_active,
+                header.has_marks(),
                 |seq, kind, key, offset, len| records.push(seq, kind, key, offset, len),
             )
             .await?;
@@ -1465,6 +1501,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
             }
         }
         if is_active {
+            active_marks = header.has_marks();
             if hint_ids.contains(&u64::from(id)) {
                 remove_if_exists(disk, &segment::hint_path(dir, u64::from(id))).await?;
             }
@@ -1522,11 +1559,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         None => {
             let id = to_u32(next_id, "segment id")?;
             next_id += 1;
-            let header = SegmentHeader {
-                origin: Origin::Log,
-                id: u64::from(id),
-                partition: cfg.id,
-            };
+            let header = SegmentHeader::new(Origin::Log, u64::from(id), cfg.id);
             let file = create_segment(
                 disk,
                 dir,
@@ -1563,23 +1596,35 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         preparing_spare: false,
         unsynced_since: None,
         active_preallocated,
+        active_marks,
+        // What the scan found may still be only in the page cache (after a process crash), so
+        // nothing is claimed durable until this process syncs it.
+        synced: SEGMENT_HEADER_BYTES,
+        marked: SEGMENT_HEADER_BYTES,
     })
 }
 
 /// Reads a segment's records in order, calling `each(seq, kind, key, offset, len)`, and
-/// returns where they end. In the active segment, an invalid region with no valid record after
-/// it is a torn tail: it is cut off (zero padding is kept). Anywhere else it is corruption.
+/// returns where they end. Sync marks (allowed where `marks` is set) are read, not reported.
+///
+/// An invalid region in the active segment is a torn tail, cut off (zero padding is kept),
+/// unless it lies where the segment is known to have been durable: before the offset a later
+/// sync mark names, or, in a segment without marks, before any later valid record. Anywhere
+/// else it is corruption.
 async fn scan_segment<F: DiskFile>(
     file: &F,
     path: &Path,
     file_len: u64,
     is_active: bool,
+    marks: bool,
     mut each: impl FnMut(u64, RecordKind, &[u8], u64, u32),
 ) -> Result<ScanEnd> {
     let mut pos = SEGMENT_HEADER_BYTES;
     let mut buf: Vec<u8> = Vec::new();
     let mut buf_at = pos;
     let mut last_seq = 0u64;
+    // The furthest offset a sync mark read so far names as durable.
+    let mut durable = SEGMENT_HEADER_BYTES;
     let bad = loop {
         if pos == file_len {
             return Ok(ScanEnd {
@@ -1588,14 +1633,18 @@ async fn scan_segment<F: DiskFile>(
             });
         }
         let have = &buf[(pos - buf_at) as usize..];
-        match record::decode(have) {
-            Ok(Some(r)) => {
+        match record::decode_entry(have, marks) {
+            Ok(Some(Entry::Record(r))) => {
                 each(r.seq, r.kind, r.key, pos, r.len() as u32);
                 last_seq = last_seq.max(r.seq);
                 pos += r.len() as u64;
             }
+            Ok(Some(Entry::Mark { durable: d })) => {
+                durable = durable.max(d);
+                pos += MARK_BYTES as u64;
+            }
             Ok(None) => {
-                let need = record::peek_len(have)
+                let need = record::peek_entry_len(have, marks)
                     .ok()
                     .flatten()
                     .unwrap_or(record::RECORD_HEADER_BYTES);
@@ -1628,23 +1677,55 @@ async fn scan_segment<F: DiskFile>(
         ));
     }
     let rest = read_exact_at(file, pos, (file_len - pos) as usize).await?;
-    if let Some(at) = find_valid_record(&rest, last_seq) {
+    if durable > pos {
         return Err(corrupt(
             path,
             pos,
-            format!(
-                "{bad}; a valid record follows at offset {}",
-                pos + at as u64
-            ),
+            format!("{bad}, where a sync mark says the log was already durable (up to offset {durable})"),
         ));
+    }
+    if marks {
+        if let Some((at, d)) = find_mark_past(&rest, pos) {
+            return Err(corrupt(
+                path,
+                pos,
+                format!(
+                    "{bad}, where the sync mark at offset {} says the log was already durable (up to offset {d})",
+                    pos + at as u64
+                ),
+            ));
+        }
+    }
+    let follows = find_valid_record(&rest, last_seq);
+    if !marks {
+        if let Some(at) = follows {
+            return Err(corrupt(
+                path,
+                pos,
+                format!(
+                    "{bad}; a valid record follows at offset {}",
+                    pos + at as u64
+                ),
+            ));
+        }
     }
     if !is_active {
         return Err(corrupt(path, pos, bad.to_string()));
     }
-    tracing::warn!(
-        "cutting torn tail of {} at offset {pos} ({bad})",
-        path.display()
-    );
+    match follows {
+        // Pages of one unsynced write reach the disk in any order, so a crash can leave a gap
+        // with later records of the same write after it: none of them was ever durable.
+        Some(at) => tracing::warn!(
+            "cutting torn tail of {} at offset {pos} ({bad}); the records from offset {} on \
+             follow a gap in a part never synced, and are dropped with it",
+            path.display(),
+            pos + at as u64
+        ),
+        None => tracing::warn!(
+            "cutting torn tail of {} at offset {pos} ({bad})",
+            path.display()
+        ),
+    }
     Ok(ScanEnd {
         end: pos,
         torn: true,
@@ -1672,6 +1753,21 @@ async fn all_zero<F: DiskFile>(file: &F, mut pos: u64, end: u64) -> io::Result<b
 struct ScanEnd {
     end: u64,
     torn: bool,
+}
+
+/// Looks in `bytes` (which start at offset `at` of their segment) for a checksummed sync
+/// mark naming an offset past `at`: `(index in bytes, the offset it names)`.
+fn find_mark_past(bytes: &[u8], at: u64) -> Option<(usize, u64)> {
+    (1..bytes.len().saturating_sub(MARK_BYTES - 1)).find_map(|i| {
+        let b = &bytes[i..];
+        if b[12] != record::MARK_KIND {
+            return None;
+        }
+        match record::decode_entry(b, true) {
+            Ok(Some(Entry::Mark { durable })) if durable > at => Some((i, durable)),
+            _ => None,
+        }
+    })
 }
 
 /// Looks for any checksummed record with a sequence number after `after_seq` in `bytes`.

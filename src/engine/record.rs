@@ -3,6 +3,11 @@
 //! Layout (little-endian, see `docs/format.md`):
 //! `crc32c u32 | seq u64 | kind u8 | key_len u32 | value_len u32 | key | value`.
 //! The checksum covers every byte after itself. A delete has an empty value.
+//!
+//! A *sync mark* (format 2 segments) has the same layout with kind 3, sequence number 0, an
+//! empty key and an 8-byte value: the offset up to which the segment was known to be durable
+//! when the mark was written. Recovery uses it to tell damage to durable records from a write
+//! that never reached the disk (see `docs/format.md`, "Sync marks").
 
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
@@ -10,6 +15,10 @@ use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 pub const RECORD_HEADER_BYTES: usize = 21;
 /// The longest record the codec accepts.
 pub const RECORD_BYTES_MAX: usize = RECORD_HEADER_BYTES + KEY_BYTES_MAX + VALUE_BYTES_MAX;
+/// The kind byte of a sync mark.
+pub const MARK_KIND: u8 = 3;
+/// Encoded length of a sync mark: the header and its 8-byte offset.
+pub const MARK_BYTES: usize = RECORD_HEADER_BYTES + 8;
 
 /// What a record does to its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +56,8 @@ impl RecordRef<'_> {
 /// Why bytes are not a record.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RecordError {
-    /// The kind byte is neither put nor delete (zero-filled space reads as this).
+    /// The kind byte is neither put nor delete (zero-filled space reads as this); a sync mark
+    /// where a record was expected reads as `BadKind(3)`.
     BadKind(u8),
     /// A length over the limits, or a delete carrying a value.
     BadLength { key_len: u64, value_len: u64 },
@@ -98,16 +108,39 @@ pub fn encode(out: &mut Vec<u8>, seq: u64, kind: RecordKind, key: &[u8], value: 
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Appends a sync mark saying the segment was durable up to offset `durable`.
+pub fn encode_mark(out: &mut Vec<u8>, durable: u64) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.push(MARK_KIND);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&8u32.to_le_bytes());
+    out.extend_from_slice(&durable.to_le_bytes());
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Reads the header only: `Ok(Some(total_len))` once the 21 header bytes are present and
-/// plausible. Lets a reader size its next read before the checksum can be checked.
-pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, RecordError> {
+/// plausible (a sync mark's too, where `marks` is set). Lets a reader size its next read
+/// before the checksum can be checked.
+pub fn peek_entry_len(buf: &[u8], marks: bool) -> Result<Option<usize>, RecordError> {
     if buf.len() < RECORD_HEADER_BYTES {
         return Ok(None);
     }
     let kind_byte = buf[12];
-    let kind = RecordKind::from_byte(kind_byte).ok_or(RecordError::BadKind(kind_byte))?;
     let key_len = u32::from_le_bytes(buf[13..17].try_into().expect("4 bytes")) as usize;
     let value_len = u32::from_le_bytes(buf[17..21].try_into().expect("4 bytes")) as usize;
+    if marks && kind_byte == MARK_KIND {
+        if key_len != 0 || value_len != 8 {
+            return Err(RecordError::BadLength {
+                key_len: key_len as u64,
+                value_len: value_len as u64,
+            });
+        }
+        return Ok(Some(MARK_BYTES));
+    }
+    let kind = RecordKind::from_byte(kind_byte).ok_or(RecordError::BadKind(kind_byte))?;
     if key_len > KEY_BYTES_MAX
         || value_len > VALUE_BYTES_MAX
         || (kind == RecordKind::Delete && value_len != 0)
@@ -120,9 +153,20 @@ pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, RecordError> {
     Ok(Some(RECORD_HEADER_BYTES + key_len + value_len))
 }
 
-/// Decodes the record at the start of `buf`. `Ok(None)`: not enough bytes yet.
-pub fn decode(buf: &[u8]) -> Result<Option<RecordRef<'_>>, RecordError> {
-    let Some(total) = peek_len(buf)? else {
+/// What a segment scan finds at a position of a format 2 segment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Entry<'a> {
+    Record(RecordRef<'a>),
+    /// A sync mark: the segment was durable up to this offset when the mark was written.
+    Mark {
+        durable: u64,
+    },
+}
+
+/// Decodes the record or, where `marks` is set, the sync mark at the start of `buf`.
+/// `Ok(None)`: not enough bytes yet.
+pub fn decode_entry(buf: &[u8], marks: bool) -> Result<Option<Entry<'_>>, RecordError> {
+    let Some(total) = peek_entry_len(buf, marks)? else {
         return Ok(None);
     };
     if buf.len() < total {
@@ -133,16 +177,30 @@ pub fn decode(buf: &[u8]) -> Result<Option<RecordRef<'_>>, RecordError> {
     if stored != computed {
         return Err(RecordError::Checksum { stored, computed });
     }
+    if buf[12] == MARK_KIND {
+        let durable = u64::from_le_bytes(buf[21..29].try_into().expect("8 bytes"));
+        return Ok(Some(Entry::Mark { durable }));
+    }
     let seq = u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes"));
-    let kind = RecordKind::from_byte(buf[12]).expect("checked by peek_len");
+    let kind = RecordKind::from_byte(buf[12]).expect("checked by peek_entry_len");
     let key_len = u32::from_le_bytes(buf[13..17].try_into().expect("4 bytes")) as usize;
     let key_end = RECORD_HEADER_BYTES + key_len;
-    Ok(Some(RecordRef {
+    Ok(Some(Entry::Record(RecordRef {
         seq,
         kind,
         key: &buf[RECORD_HEADER_BYTES..key_end],
         value: &buf[key_end..total],
-    }))
+    })))
+}
+
+/// Decodes the record at the start of `buf`; a sync mark is `BadKind(3)`.
+/// `Ok(None)`: not enough bytes yet.
+pub fn decode(buf: &[u8]) -> Result<Option<RecordRef<'_>>, RecordError> {
+    match decode_entry(buf, false)? {
+        Some(Entry::Record(r)) => Ok(Some(r)),
+        Some(Entry::Mark { .. }) => unreachable!("marks are refused by peek_entry_len"),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +255,27 @@ mod tests {
     }
 
     #[test]
+    fn record_sync_mark_round_trips_only_where_marks_are_allowed() {
+        // Guards against a sync mark being read as a record, or a damaged one as a mark.
+        let mut buf = Vec::new();
+        encode_mark(&mut buf, 4096);
+        assert_eq!(buf.len(), MARK_BYTES);
+        assert_eq!(
+            decode_entry(&buf, true),
+            Ok(Some(Entry::Mark { durable: 4096 }))
+        );
+        assert_eq!(decode(&buf), Err(RecordError::BadKind(MARK_KIND)));
+        for bit in 0..buf.len() * 8 {
+            let mut bad = buf.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            match decode_entry(&bad, true) {
+                Err(_) | Ok(None) => {}
+                Ok(Some(e)) => panic!("bit {bit} flipped decoded as {e:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn record_zero_fill_reads_as_bad_kind() {
         // Guards against preallocated zeros being taken for a record.
         assert_eq!(decode(&[0u8; 64]), Err(RecordError::BadKind(0)));
@@ -208,6 +287,9 @@ mod tests {
         let mut hdr = vec![0u8; RECORD_HEADER_BYTES];
         hdr[12] = 1;
         hdr[13..17].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(peek_len(&hdr), Err(RecordError::BadLength { .. })));
+        assert!(matches!(
+            peek_entry_len(&hdr, false),
+            Err(RecordError::BadLength { .. })
+        ));
     }
 }

@@ -8,7 +8,10 @@
 use std::path::{Path, PathBuf};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KVS\0SEG\0";
-pub const FORMAT_VERSION: u32 = 1;
+/// The version new segments are written in: 2 added sync marks.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest segment version this build reads (version 1 segments have no sync marks).
+pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: u64 = 32;
 
 /// Who wrote a segment: the writer loop, or compaction. Only the newest `Log` segment may
@@ -21,16 +24,33 @@ pub enum Origin {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// [`FORMAT_VERSION`] for every segment this build creates.
+    pub version: u32,
     pub origin: Origin,
     pub id: u64,
     pub partition: u32,
 }
 
 impl SegmentHeader {
+    /// A header for a segment this build creates.
+    pub fn new(origin: Origin, id: u64, partition: u32) -> SegmentHeader {
+        SegmentHeader {
+            version: FORMAT_VERSION,
+            origin,
+            id,
+            partition,
+        }
+    }
+
+    /// Whether the segment may hold sync marks (format 2 on).
+    pub fn has_marks(&self) -> bool {
+        self.version >= 2
+    }
+
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES as usize] {
         let mut b = [0u8; SEGMENT_HEADER_BYTES as usize];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&(self.origin as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.id.to_le_bytes());
         b[24..28].copy_from_slice(&self.partition.to_le_bytes());
@@ -52,8 +72,8 @@ impl SegmentHeader {
             return Err("segment header checksum mismatch".into());
         }
         let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION {
-            return Err(format!("segment format version {version} is not supported (this build reads {FORMAT_VERSION})"));
+        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
+            return Err(format!("segment format version {version} is not supported (this build reads {FORMAT_VERSION_MIN} to {FORMAT_VERSION})"));
         }
         let origin = match u32::from_le_bytes(b[12..16].try_into().expect("4 bytes")) {
             0 => Origin::Log,
@@ -61,6 +81,7 @@ impl SegmentHeader {
             o => return Err(format!("unknown segment origin {o}")),
         };
         Ok(SegmentHeader {
+            version,
             origin,
             id: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
             partition: u32::from_le_bytes(b[24..28].try_into().expect("4 bytes")),
@@ -125,11 +146,7 @@ mod tests {
     #[test]
     fn segment_header_round_trips_and_rejects_flips() {
         // Guards against a damaged header being accepted.
-        let h = SegmentHeader {
-            origin: Origin::Compaction,
-            id: 99,
-            partition: 3,
-        };
+        let h = SegmentHeader::new(Origin::Compaction, 99, 3);
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
         for bit in 0..b.len() * 8 {

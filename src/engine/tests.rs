@@ -55,6 +55,8 @@ backend_tests!(
     garbage_after_long_zero_padding_is_a_torn_tail,
     flipped_bit_in_sealed_segment_is_never_served,
     flipped_bit_before_valid_records_refuses_open,
+    gap_in_never_synced_writes_is_a_torn_tail,
+    sync_marks_tell_lost_durable_writes_from_unsynced_gaps,
     interrupted_compaction_finishes_on_open,
     overwrites_keep_disk_within_twice_live_data,
     interval_fsync_holds_under_sustained_writes,
@@ -376,10 +378,143 @@ async fn flipped_bit_before_valid_records_refuses_open<D: Disk>(disk: D, dir: &P
     std::fs::write(&seg, &bytes).unwrap();
     match Partition::open(disk.clone(), c).await {
         Err(KvsError::Corrupt { reason, .. }) => {
-            assert!(reason.contains("valid record follows"), "{reason}")
+            assert!(reason.contains("already durable"), "{reason}")
         }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("opened a store with a corrupt record before valid ones"),
+    }
+}
+
+/// Where the record of `key` starts in `bytes` (keys in these tests are unique substrings).
+fn record_at(bytes: &[u8], key: &[u8]) -> usize {
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .unwrap_or_else(|| panic!("{} not in the segment", String::from_utf8_lossy(key)));
+    at - super::record::RECORD_HEADER_BYTES
+}
+
+/// Zeroes the records of keys `from..to` (`key{i:02}`) in `seg`, as a crash leaves pages of an
+/// unsynced write that never reached the disk.
+fn zero_records(seg: &Path, from: usize, to: usize) -> usize {
+    let mut bytes = std::fs::read(seg).unwrap();
+    let start = record_at(&bytes, format!("key{from:02}").as_bytes());
+    let end = record_at(&bytes, format!("key{to:02}").as_bytes());
+    bytes[start..end].fill(0);
+    std::fs::write(seg, &bytes).unwrap();
+    start
+}
+
+fn one_segment_cfg(dir: &Path, fsync: super::durability::FsyncPolicy) -> PartitionConfig {
+    let mut c = cfg(dir);
+    c.segment_bytes = 1 << 20;
+    c.preallocate = false;
+    c.fsync = fsync;
+    c
+}
+
+// Guards against refusing to open after a power cut that kept later pages of an unsynced
+// write but not earlier ones: nothing there was ever durable, so it is a torn tail.
+async fn gap_in_never_synced_writes_is_a_torn_tail<D: Disk>(disk: D, dir: &Path) {
+    let c = one_segment_cfg(dir, super::durability::FsyncPolicy::Never);
+    {
+        let p = open(&disk, c.clone()).await;
+        for i in 0..30 {
+            p.set(b(format!("key{i:02}")), b(format!("value{i:02}")))
+                .await
+                .unwrap();
+        }
+        p.close().await;
+    }
+    let seg = newest_segment(dir);
+    let gap = zero_records(&seg, 10, 13);
+    let p = open(&disk, c.clone()).await;
+    for i in 0..30 {
+        let got = p.get(format!("key{i:02}").as_bytes()).await.unwrap();
+        let want = (i < 10).then(|| b(format!("value{i:02}")));
+        assert_eq!(got, want, "key{i:02}");
+    }
+    // The records after the gap went with it: no hole in the history.
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), gap as u64);
+    p.set(b("after"), b("reopen")).await.unwrap();
+    p.close().await;
+    let p = open(&disk, c).await;
+    assert_eq!(p.get(b"after").await.unwrap(), Some(b("reopen")));
+    assert_eq!(p.get(b"key09").await.unwrap(), Some(b("value09")));
+    p.close().await;
+}
+
+// Guards against a sync mark being ignored: damage where a mark says the log was durable
+// (an acknowledged, synced write lost) refuses the open, while a gap after the last mark's
+// offset is a torn tail.
+async fn sync_marks_tell_lost_durable_writes_from_unsynced_gaps<D: Disk>(disk: D, dir: &Path) {
+    use super::durability::FsyncPolicy;
+    let interval = std::time::Duration::from_millis(20);
+    let c = one_segment_cfg(dir, FsyncPolicy::Interval(interval));
+    {
+        let p = open(&disk, c.clone()).await;
+        for i in 0..30 {
+            if i == 15 {
+                // Let the interval's sync run: the next write carries a mark naming the end of
+                // key14's record.
+                tokio::time::sleep(interval * 5).await;
+            }
+            p.set(b(format!("key{i:02}")), b(format!("value{i:02}")))
+                .await
+                .unwrap();
+        }
+        p.close().await;
+    }
+    let seg = newest_segment(dir);
+    let pristine = std::fs::read(&seg).unwrap();
+
+    // A gap after the durable offset: cut there, everything before it served.
+    zero_records(&seg, 20, 23);
+    {
+        let p = open(&disk, c.clone()).await;
+        for i in 0..30 {
+            let got = p.get(format!("key{i:02}").as_bytes()).await.unwrap();
+            assert_eq!(
+                got,
+                (i < 20).then(|| b(format!("value{i:02}"))),
+                "key{i:02}"
+            );
+        }
+        p.close().await;
+    }
+
+    // The same gap before the durable offset: refused, naming the offset.
+    std::fs::write(&seg, &pristine).unwrap();
+    let gap = zero_records(&seg, 5, 8);
+    match Partition::open(disk.clone(), c.clone()).await {
+        Err(KvsError::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, gap as u64);
+            assert!(reason.contains("already durable"), "{reason}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened a store that lost a durable write"),
+    }
+
+    // Under `always` every batch after the first says the one before it is durable.
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let c = one_segment_cfg(dir, FsyncPolicy::Always);
+    {
+        let p = open(&disk, c.clone()).await;
+        for i in 0..30 {
+            p.set(b(format!("key{i:02}")), b(format!("value{i:02}")))
+                .await
+                .unwrap();
+        }
+        p.close().await;
+    }
+    zero_records(&newest_segment(dir), 27, 28);
+    match Partition::open(disk.clone(), c).await {
+        Err(KvsError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("already durable"), "{reason}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened a store that lost a durable write"),
     }
 }
 
