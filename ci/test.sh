@@ -18,8 +18,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 status=0
-echo "ci/test.sh: cargo test ${locked[*]} --all-targets"
-cargo test "${locked[@]}" --all-targets 2>&1 | tee -a "$log" || status=$?
+# --no-fail-fast: one run reports every failing test binary, not just the first.
+echo "ci/test.sh: cargo test ${locked[*]} --all-targets --no-fail-fast"
+cargo test "${locked[@]}" --all-targets --no-fail-fast 2>&1 | tee -a "$log" || status=$?
 
 # --all-targets leaves out documentation examples; they are compiled and run here.
 if [[ $status -eq 0 ]]; then
