@@ -151,6 +151,8 @@ struct Inner<D: Disk> {
     writer_done: RefCell<Option<oneshot::Receiver<()>>>,
     /// Resolves when the newest preallocation task has finished.
     spare_done: RefCell<Option<oneshot::Receiver<()>>>,
+    /// Woken when a compaction ends (see [`Partition::close`]).
+    compaction_idle: Notify,
 }
 
 /// A handle to a partition; clones share it. Not `Send`: it lives on its owner thread.
@@ -242,6 +244,7 @@ impl<D: Disk> Partition<D> {
                 closing: Cell::new(false),
                 writer_done: RefCell::new(Some(done_rx)),
                 spare_done: RefCell::new(None),
+                compaction_idle: Notify::new(),
             }),
         };
         let writer = part.clone();
@@ -409,9 +412,10 @@ impl<D: Disk> Partition<D> {
     }
 
     /// Stops taking writes, lets the writer finish what is queued, syncs the log, and waits
-    /// for a segment being preallocated, so that nothing writes the log once it returns and
-    /// the directory can be reopened in this process. A compaction in progress goes on (it
-    /// is safe to stop at any step).
+    /// for a segment being preallocated and for a compaction in progress, so that nothing
+    /// touches the directory once it returns and it can be reopened in this process. A
+    /// compaction that has not reached its commit point stops at the next read of its inputs
+    /// and removes its outputs; one past it finishes (only renames and deletions are left).
     pub async fn close(&self) {
         self.inner.closing.set(true);
         self.inner.wake_writer.notify_one();
@@ -420,6 +424,15 @@ impl<D: Disk> Partition<D> {
             let _ = rx.await;
         }
         // No new preallocation starts once `closing` is set.
+        // The partition lives on one thread: nothing can end the compaction between the check
+        // and the wait's registration, which happens when it is first polled.
+        loop {
+            let idle = self.inner.compaction_idle.notified();
+            if !self.inner.state.borrow().compacting {
+                break;
+            }
+            idle.await;
+        }
         let spare = self.inner.spare_done.borrow_mut().take();
         if let Some(rx) = spare {
             let _ = rx.await;
@@ -917,8 +930,13 @@ impl<D: Disk> Partition<D> {
         }
         let part = self.clone();
         tokio::task::spawn_local(async move {
-            if let Err(e) = part.compact().await {
-                tracing::error!(partition = part.inner.cfg.id, "compaction failed: {e}");
+            match part.compact().await {
+                Err(KvsError::Closed) => tracing::info!(
+                    partition = part.inner.cfg.id,
+                    "compaction stopped: the partition is closing"
+                ),
+                Err(e) => tracing::error!(partition = part.inner.cfg.id, "compaction failed: {e}"),
+                Ok(_) => {}
             }
         });
     }
@@ -945,6 +963,7 @@ impl<D: Disk> Partition<D> {
             (inputs, live)
         };
         let result = self.compact_inputs(&inputs, &mut live).await;
+        self.inner.compaction_idle.notify_waiters();
         let mut st = self.inner.state.borrow_mut();
         st.compacting = false;
         match result {
@@ -998,6 +1017,9 @@ impl<D: Disk> Partition<D> {
         let copy: Result<()> = async {
             let mut i = 0;
             while i < live.len() {
+                if self.inner.closing.get() {
+                    return Err(KvsError::Closed);
+                }
                 // A run of live records of one segment that fits one read.
                 let seg_id = live[i].1.segment;
                 let start = u64::from(live[i].1.offset);
