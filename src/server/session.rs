@@ -2,7 +2,8 @@
 //! that sends responses in request order, and a timer that enforces the idle and slow-frame
 //! timeouts by shutting the socket down (never by dropping an in-flight read).
 //!
-//! The first byte decides the dialect: the native magic's first byte, or RESP.
+//! The first byte decides the dialect: the native magic's first byte, or RESP. On a server
+//! with a password, each dialect passes its requests through the connection's [`Gate`].
 //!
 //! Invariants:
 //! - Responses leave in request order.
@@ -20,6 +21,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::auth::{AuthConfig, Gate, Verdict};
 use super::net::NetStream;
 use super::router::{Started, Store};
 use super::ServerFacts;
@@ -38,11 +40,12 @@ const READ_BUFFER_BYTES_MIN: usize = 2048;
 /// Responses are gathered up to this size before a write.
 const WRITE_GATHER_BYTES: usize = 64 * 1024;
 
-/// Per-connection limits and timeouts.
+/// Per-connection limits and timeouts, and the password a connection must give.
 #[derive(Clone, Debug)]
 pub struct SessionLimits {
     pub idle_timeout: Duration,
     pub frame_timeout: Duration,
+    pub auth: AuthConfig,
 }
 
 /// Appends the response for an operation's result to the output.
@@ -85,6 +88,9 @@ pub enum Step {
     More,
     /// A request was decoded from the first `used` bytes; `slot` will answer it.
     Request { slot: Slot, used: usize },
+    /// As `Request`, and the connection closes once `slot` has answered (the last failed
+    /// password attempt a connection may make).
+    Final { slot: Slot, used: usize },
     /// The input is not acceptable: send `reply` (may be empty), then close.
     Fatal { reply: Vec<u8> },
 }
@@ -165,7 +171,7 @@ pub async fn serve_connection<N: NetStream, S: Store>(
     limits: SessionLimits,
     facts: ServerFacts,
 ) {
-    let timer = tokio::task::spawn_local(watch_timeouts(conn.clone(), limits));
+    let timer = tokio::task::spawn_local(watch_timeouts(conn.clone(), limits.clone()));
     let writer = tokio::task::spawn_local(write_responses(conn.clone()));
     let (res, first) = conn
         .stream
@@ -173,10 +179,12 @@ pub async fn serve_connection<N: NetStream, S: Store>(
         .await;
     match res {
         Ok(n) if n > 0 && !conn.stop_reading.get() => {
+            let gate = Gate::new(limits.auth.clone());
             if is_native_magic_start(first[0]) {
-                read_requests(&conn, &store, Native::default(), first).await;
+                read_requests(&conn, &store, Native::new(gate), first).await;
             } else {
-                read_requests(&conn, &store, super::resp::Resp::new(facts), first).await;
+                let resp = super::resp::Resp::new(facts, gate);
+                read_requests(&conn, &store, resp, first).await;
             }
         }
         _ => conn.push(Slot::Close, 0),
@@ -217,6 +225,14 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
                         fatal = true;
                         break;
                     }
+                }
+                Step::Final { slot, used: n } => {
+                    used += n;
+                    conn.last_request.set(Instant::now());
+                    conn.push(slot, n);
+                    conn.push(Slot::Close, 0);
+                    fatal = true;
+                    break;
                 }
                 Step::Fatal { reply } => {
                     if !reply.is_empty() {
@@ -365,9 +381,30 @@ async fn watch_timeouts<N: NetStream>(conn: Rc<Conn<N>>, limits: SessionLimits) 
 // ---- the native dialect ----------------------------------------------------------------------
 
 /// kvs's own protocol: a hello, then length-prefixed postcard frames.
-#[derive(Default)]
 pub struct Native {
     greeted: bool,
+    gate: Gate,
+}
+
+impl Native {
+    pub fn new(gate: Gate) -> Native {
+        Native {
+            greeted: false,
+            gate,
+        }
+    }
+}
+
+/// A slot that answers `bytes` no earlier than `until`, without holding up the worker: a timer
+/// task in the ordered response queue (a failed password attempt's answer).
+pub fn delayed(bytes: Vec<u8>, until: Instant) -> Slot {
+    Slot::Task(
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep_until(until).await;
+            bytes
+        }),
+        0,
+    )
 }
 
 fn encode(r: &Response) -> Vec<u8> {
@@ -441,6 +478,41 @@ pub fn error_response(e: &KvsError) -> Response {
     }
 }
 
+impl Native {
+    /// Answers `Auth`: `Ok`, a delayed `WrongPassword` (the last one allowed closes the
+    /// connection), or `Unsupported` on a server without a password.
+    fn auth(&mut self, password: &[u8], used: usize) -> Step {
+        if !self.gate.has_password() {
+            let refusal = Response::Error {
+                kind: ErrorKind::Unsupported,
+                message: "Auth sent, but the server has no password configured".into(),
+            };
+            return Step::Request {
+                slot: Slot::Ready(encode(&refusal)),
+                used,
+            };
+        }
+        match self.gate.attempt(None, password) {
+            Verdict::Accepted => Step::Request {
+                slot: Slot::Ready(encode(&Response::Ok)),
+                used,
+            },
+            Verdict::Refused { until, close } => {
+                let refusal = Response::Error {
+                    kind: ErrorKind::WrongPassword,
+                    message: "wrong password".into(),
+                };
+                let slot = delayed(encode(&refusal), until);
+                if close {
+                    Step::Final { slot, used }
+                } else {
+                    Step::Request { slot, used }
+                }
+            }
+        }
+    }
+}
+
 impl<S: Store> Dialect<S> for Native {
     fn next(&mut self, buf: &[u8], store: &S) -> Step {
         if !self.greeted {
@@ -491,6 +563,13 @@ impl<S: Store> Dialect<S> for Native {
             };
         }
         let slot = match request {
+            Request::Auth { password } => return self.auth(&password, used),
+            // Before authenticating, nothing else is served, not even Ping (as in Redis).
+            _ if !self.gate.is_open() => Slot::Ready(encode(&Response::Error {
+                kind: ErrorKind::AuthRequired,
+                message: "authentication required: send Auth with the server's password first"
+                    .into(),
+            })),
             Request::Ping => Slot::Ready(encode(&Response::Pong)),
             Request::Stats => {
                 let stats = store.stats();
