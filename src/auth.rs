@@ -5,6 +5,7 @@
 //! length, it has no `Display`, and it is compared only by [`Password::matches`], in constant
 //! time. Errors about a password ([`PasswordError`], [`read_password_file`]) describe it
 //! without quoting it, so no log line, panic message or error can carry it.
+//! [`PasswordParser`] gives command-line flags the same property.
 
 use std::fmt;
 use std::io::Read;
@@ -122,6 +123,33 @@ pub fn read_password_file(path: &Path) -> Result<PasswordFile, KvsError> {
     })
 }
 
+/// The clap value parser of a password flag: any bytes the shell passes, checked as
+/// [`Password::new`] checks them, with an error that names the flag but never quotes the
+/// value (clap's own errors would).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PasswordParser;
+
+impl clap::builder::TypedValueParser for PasswordParser {
+    type Value = Password;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Password, clap::Error> {
+        use std::os::unix::ffi::OsStrExt;
+        Password::new(Bytes::copy_from_slice(value.as_bytes())).map_err(|e| {
+            let flag = arg.map_or_else(|| "a password flag".to_owned(), |a| format!("'{a}'"));
+            let mut cmd = cmd.clone();
+            cmd.error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for {flag}: {e}"),
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,9 +204,39 @@ mod tests {
     }
 
     #[test]
+    fn flag_errors_name_the_flag_but_never_quote_the_password() {
+        // Guards against clap printing a refused password on stderr, where logs are collected.
+        let cmd = || {
+            clap::Command::new("kvs-test").arg(
+                clap::Arg::new("requirepass")
+                    .long("requirepass")
+                    .value_name("PASSWORD")
+                    .value_parser(PasswordParser),
+            )
+        };
+        let long = "z".repeat(PASSWORD_BYTES_MAX + 1);
+        let err = cmd()
+            .try_get_matches_from(["kvs-test", "--requirepass", &long])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let shown = err.to_string();
+        assert!(shown.contains("--requirepass <PASSWORD>"), "{shown}");
+        assert!(shown.contains("513 bytes; the limit is 512"), "{shown}");
+        assert!(!shown.contains("zzz"), "{shown}");
+        let err = cmd()
+            .try_get_matches_from(["kvs-test", "--requirepass", ""])
+            .unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let matches = cmd()
+            .try_get_matches_from(["kvs-test", "--requirepass", "s3cret"])
+            .unwrap();
+        let ok: &Password = matches.get_one("requirepass").unwrap();
+        assert!(ok.matches(b"s3cret"));
+    }
+
+    #[test]
     fn password_files_lose_one_trailing_newline_and_report_loose_modes() {
-        // Guards against `echo secret > file` giving a password that ends in a newline, and
-        // against a world-readable password file going unnoticed.
+        // Guards against `echo pw > file` giving a password ending in a newline, or loose modes.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
         for (content, expected) in [
