@@ -644,8 +644,7 @@ fn stats_table_saturates_and_escapes_what_the_server_sent() {
 
 #[tokio::test]
 async fn a_password_in_the_options_is_sent_first_and_its_refusals_are_specific() {
-    // Guards against a client that never sends its password, sends it after a request, or
-    // reports a refused password as a vague server error.
+    // Guards against a password not sent first, or a refusal reported as a vague server error.
     let password = Password::new("s3cret").unwrap();
     let with_password = ClientOptions {
         password: Some(password.clone()),

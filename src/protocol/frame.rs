@@ -637,8 +637,7 @@ mod tests {
 
     #[test]
     fn oversized_password_is_refused_by_the_encoder_and_the_decoder() {
-        // Guards against a password past the limit reaching the server's comparison, and
-        // against its bytes being quoted in the error.
+        // Guards against a password over the limit accepted, or quoted in the error.
         let long = Request::Auth {
             password: Bytes::from(vec![b'p'; PASSWORD_BYTES_MAX + 1]),
         };

@@ -192,8 +192,7 @@ mod tests {
 
     #[test]
     fn the_gate_opens_on_the_password_and_delays_failures_one_after_another() {
-        // Guards against pipelined guesses being answered in parallel, and against a
-        // connection that keeps guessing forever.
+        // Guards against pipelined guesses answered in parallel, or a connection guessing forever.
         let mut gate = Gate::new(with_password("s3cret", 100));
         assert!(!gate.is_open() && gate.has_password());
         let near = |d: Duration, ms: u64| {
@@ -233,8 +232,7 @@ mod tests {
 
     #[test]
     fn without_a_password_the_default_user_needs_none() {
-        // Guards against `AUTH default anything` failing on a server without a password, which
-        // Redis accepts.
+        // Guards against `AUTH default x` failing without a server password, as Redis accepts it.
         let mut gate = Gate::new(AuthConfig::default());
         assert!(gate.is_open() && !gate.has_password());
         assert_eq!(gate.attempt(Some(b"default"), b"x"), Verdict::Accepted);

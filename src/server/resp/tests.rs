@@ -590,8 +590,7 @@ const WRONGPASS_TEXT: &str = "WRONGPASS invalid username-password pair or user i
 
 #[test]
 fn nothing_but_auth_hello_and_quit_is_served_before_the_password() {
-    // Guards against any command, PING and COMMAND included, reaching the store or revealing
-    // anything before the client authenticates, and against Redis clients misreading the refusal.
+    // Guards against any command but AUTH, HELLO and QUIT being served before the password.
     let store = MemStore::default();
     let mut d = locked(1);
     let mut talk =
@@ -642,8 +641,7 @@ fn nothing_but_auth_hello_and_quit_is_served_before_the_password() {
 
 #[test]
 fn auth_accepts_the_password_alone_or_for_the_default_user() {
-    // Guards against redis-cli -a (AUTH password) or ACL-style clients (AUTH default password)
-    // being refused, and against another user name being let in with the right password.
+    // Guards against `AUTH pw` or `AUTH default pw` refused, or another user let in.
     let store = MemStore::default();
     for good in [
         &[&b"AUTH"[..], b"s3cret"][..],
@@ -681,8 +679,7 @@ fn auth_accepts_the_password_alone_or_for_the_default_user() {
 
 #[test]
 fn hello_auth_authenticates_then_answers_as_hello_2() {
-    // Guards against clients that open with HELLO 2 AUTH (Redis 6+ libraries) being refused,
-    // and against HELLO AUTH with a wrong password changing anything.
+    // Guards against HELLO 2 AUTH refused, or a wrong one changing anything.
     let store = MemStore::default();
     let mut d = locked(1);
     let mut talk =
@@ -719,8 +716,7 @@ fn hello_auth_authenticates_then_answers_as_hello_2() {
 
 #[test]
 fn auth_without_a_server_password_answers_as_redis_does() {
-    // Guards against clients configured with a password failing differently on kvs than on a
-    // Redis without one.
+    // Guards against AUTH without a server password answering otherwise than Redis does.
     let store = MemStore::default();
     assert_eq!(
         one(&store, &[b"AUTH", b"anything"]),
@@ -742,8 +738,7 @@ fn auth_without_a_server_password_answers_as_redis_does() {
 
 #[test]
 fn failed_attempts_are_answered_late_in_order_and_the_tenth_closes() {
-    // Guards against guesses answered at full speed, answers overtaking each other, and a
-    // connection that may guess forever.
+    // Guards against guesses answered at full speed or out of order, or guessing forever.
     let store = MemStore::default();
     let mut d = locked(40);
     let mut input = cmd(&[b"AUTH", b"nope"]);
