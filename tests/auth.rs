@@ -551,3 +551,43 @@ fn the_password_never_reaches_the_log() {
         "{log}"
     );
 }
+
+#[test]
+fn kvs_bench_measures_a_protected_server_over_both_protocols() {
+    // Guards against the load generator being unable to measure a server with a password.
+    let locked = Locked::start("blocking", 0o600, &[]);
+    let bench = |protocol: &str, password: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvs-bench"));
+        cmd.arg("--addr")
+            .arg(locked.server.addr.to_string())
+            .args([
+                "--protocol",
+                protocol,
+                "--connections",
+                "2",
+                "--pipeline",
+                "4",
+            ])
+            .args(["--requests", "400", "--warmup", "0s", "--keys", "100"])
+            .args(["--verify", "--json", "--no-progress"]);
+        if let Some(p) = password {
+            cmd.args(["--password", p]);
+        }
+        let out = cmd.output().expect("kvs-bench runs");
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    for protocol in ["native", "resp"] {
+        let (ok, stdout, stderr) = bench(protocol, Some(PASSWORD));
+        assert!(ok, "{protocol}: {stdout}\n{stderr}");
+        let report: kvs::bench::Report = serde_json::from_str(stdout.trim()).unwrap();
+        assert!(report.ops >= 400 && report.verified_gets > 0, "{protocol}");
+        assert_eq!(report.errors.total, 0, "{protocol}: {:?}", report.errors);
+        let (ok, _, stderr) = bench(protocol, Some("wrong"));
+        assert!(
+            !ok && stderr.contains("the server refused the password"),
+            "{stderr}"
+        );
+        let (ok, _, _) = bench(protocol, None);
+        assert!(!ok, "{protocol}: a run without the password succeeded");
+    }
+}
