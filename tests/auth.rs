@@ -591,3 +591,27 @@ fn kvs_bench_measures_a_protected_server_over_both_protocols() {
         assert!(!ok, "{protocol}: a run without the password succeeded");
     }
 }
+
+#[test]
+fn shutdown_does_not_wait_for_a_held_back_answer() {
+    // Guards against a password guesser keeping a SIGTERM'd server alive past its grace period.
+    for io in io_backends() {
+        let locked = Locked::start(io, 0o600, &["--auth-fail-delay-ms", "60000"]);
+        let mut guess = RespClient::connect(locked.server.addr);
+        guess.send(b"*2\r\n$4\r\nAUTH\r\n$5\r\nguess\r\n");
+        let mut good = RespClient::connect(locked.server.addr);
+        assert_eq!(good.command(&[b"AUTH", PASSWORD.as_bytes()]), ok());
+        let started = Instant::now();
+        let status = locked.server.terminate(Duration::from_secs(30));
+        assert!(status.success(), "{io}: {status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{io}: exit took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            guess.closed(),
+            "{io}: the held-back answer was sent after all"
+        );
+    }
+}

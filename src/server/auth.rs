@@ -6,9 +6,10 @@
 //! closed gate. A failed attempt is answered late: the answer to the n-th failure on a
 //! connection is released `fail_delay * 2^(n-1)` (at most [`AUTH_FAIL_DELAY_GROWTH_MAX`] times
 //! `fail_delay`) after the previous failure's answer, so pipelined guesses queue up behind each
-//! other rather than run in parallel. The wait is a timer task in the session's ordered
-//! response queue: the worker thread and other connections go on meanwhile. After
-//! [`AUTH_FAILURES_MAX`] failures the connection is closed once the last answer is out.
+//! other rather than run in parallel. The wait is a timer in the session's ordered response
+//! queue: the worker thread and other connections go on meanwhile. After
+//! [`AUTH_FAILURES_MAX`] failures the connection is closed once the last answer is out. A
+//! server shutdown does not wait for a held-back answer; it closes the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

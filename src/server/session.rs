@@ -69,6 +69,12 @@ pub enum Slot {
     },
     /// A response being computed, and the bytes it may hold (charged to the connection).
     Task(JoinHandle<Vec<u8>>, usize),
+    /// A response held back until `until` (a failed password attempt's). A server shutdown
+    /// does not wait for it: the connection is closed instead.
+    Delayed {
+        bytes: Vec<u8>,
+        until: Instant,
+    },
     /// Send everything before this, then close.
     Close,
 }
@@ -117,6 +123,8 @@ pub struct Conn<N> {
     closed: Cell<bool>,
     /// The reader should stop at the next opportunity (server shutdown).
     stop_reading: Cell<bool>,
+    /// Wakes the writer out of a [`Slot::Delayed`] wait at shutdown.
+    stopping: Notify,
 }
 
 impl<N: NetStream> Conn<N> {
@@ -131,12 +139,14 @@ impl<N: NetStream> Conn<N> {
             partial_since: Cell::new(None),
             closed: Cell::new(false),
             stop_reading: Cell::new(false),
+            stopping: Notify::new(),
         }
     }
 
     /// Asks the session to stop reading and finish what it started (graceful shutdown).
     pub fn drain(&self) {
         self.stop_reading.set(true);
+        self.stopping.notify_one();
         self.stream.shutdown(Shutdown::Read);
     }
 
@@ -325,6 +335,26 @@ async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
                     }
                 }
             }
+            Slot::Delayed { bytes, until } => {
+                if !out.is_empty() {
+                    out = match write_out(&conn, out).await {
+                        Some(o) => o,
+                        None => return,
+                    };
+                }
+                // Only a timer and a notification are raced here; no I/O is dropped.
+                let stopped = conn.stop_reading.get()
+                    || tokio::select! {
+                        () = tokio::time::sleep_until(until) => false,
+                        () = conn.stopping.notified() => true,
+                    };
+                if stopped {
+                    // Shutting down: the answer (and what follows it) is not worth the wait.
+                    conn.close();
+                    return;
+                }
+                out.extend_from_slice(&bytes);
+            }
             Slot::Close => {
                 if !out.is_empty() {
                     let _ = write_out(&conn, out).await;
@@ -395,16 +425,10 @@ impl Native {
     }
 }
 
-/// A slot that answers `bytes` no earlier than `until`, without holding up the worker: a timer
-/// task in the ordered response queue (a failed password attempt's answer).
+/// A slot that answers `bytes` no earlier than `until` (a failed password attempt's answer).
+/// The writer waits on a timer, so the worker and its other connections go on meanwhile.
 pub fn delayed(bytes: Vec<u8>, until: Instant) -> Slot {
-    Slot::Task(
-        tokio::task::spawn_local(async move {
-            tokio::time::sleep_until(until).await;
-            bytes
-        }),
-        0,
-    )
+    Slot::Delayed { bytes, until }
 }
 
 fn encode(r: &Response) -> Vec<u8> {

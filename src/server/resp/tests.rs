@@ -129,6 +129,10 @@ fn converse_in(dialect: &mut Resp, store: &MemStore, chunks: &[&[u8]]) -> Outcom
                 Slot::Done { result, encode } => encode(result, &mut sent),
                 Slot::Wait { rx, encode, .. } => encode(rx.await.unwrap(), &mut sent),
                 Slot::Task(handle, _) => sent.extend_from_slice(&handle.await.unwrap()),
+                Slot::Delayed { bytes, until } => {
+                    tokio::time::sleep_until(until).await;
+                    sent.extend_from_slice(&bytes);
+                }
                 Slot::Close => closed = true,
             }
         }
