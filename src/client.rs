@@ -16,6 +16,8 @@
 //!   `DiskFull`, a read-only store, ...) leave the connection usable.
 //! - Keys and values over [`KEY_BYTES_MAX`] / [`VALUE_BYTES_MAX`] are refused before anything
 //!   is sent, and leave the connection usable.
+//! - A password ([`ClientOptions::password`], [`KvsClient::auth`]) is sent only in an `Auth`
+//!   request and never appears in an error or a log line.
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -27,6 +29,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
+use crate::auth::Password;
 use crate::limits::{
     CONNECT_TIMEOUT_MS, FRAME_BYTES_MAX, KEY_BYTES_MAX, REQUEST_TIMEOUT_MS, VALUE_BYTES_MAX,
 };
@@ -48,8 +51,9 @@ const READ_BYTES_MIN: usize = 4 * 1024;
 /// a batch of large values is never held in memory twice.
 const BATCH_WRITE_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Deadlines for [`KvsClient::connect_with`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Deadlines and the password for [`KvsClient::connect_with`]. `Debug` does not show the
+/// password.
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Longest time to resolve the address, open the TCP connection and exchange hellos.
     /// Default [`CONNECT_TIMEOUT_MS`].
@@ -59,6 +63,9 @@ pub struct ClientOptions {
     /// before it. A request that runs out of time fails with [`KvsError::Timeout`] and the
     /// connection is not used again. Default [`REQUEST_TIMEOUT_MS`].
     pub request_timeout: Duration,
+    /// The server's password: when set, [`KvsClient::connect_with`] authenticates right after
+    /// the hello, within `connect_timeout`, as [`KvsClient::auth`] does. Default `None`.
+    pub password: Option<Password>,
 }
 
 impl Default for ClientOptions {
@@ -66,6 +73,7 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+            password: None,
         }
     }
 }
@@ -136,29 +144,53 @@ impl KvsClient {
     /// connection. Errors: [`KvsError::Connect`] naming the address if none does;
     /// [`KvsError::VersionMismatch`] if the server does not speak our protocol version;
     /// [`KvsError::Busy`] if it is at its connection cap; [`KvsError::Protocol`] if it is not
-    /// a kvs server at all; [`KvsError::Timeout`] after `options.connect_timeout`.
+    /// a kvs server at all; [`KvsError::Timeout`] after `options.connect_timeout`. With a
+    /// password, the errors of [`KvsClient::auth`] too.
     pub async fn connect_with(
         addr: impl ToSocketAddrs,
         options: ClientOptions,
     ) -> Result<KvsClient> {
         let mut trying = None;
-        let outcome = tokio::time::timeout(
-            options.connect_timeout,
-            KvsClient::establish(addr, options, &mut trying),
-        )
-        .await;
+        let connect_timeout = options.connect_timeout;
+        let connect = async {
+            let mut client = KvsClient::establish(addr, options, &mut trying).await?;
+            if let Some(password) = client.options.password.clone() {
+                client.auth(&password).await?;
+            }
+            Ok(client)
+        };
+        let outcome = tokio::time::timeout(connect_timeout, connect).await;
         match outcome {
             Ok(result) => result,
             Err(_elapsed) => Err(KvsError::Timeout(match trying {
-                Some(peer) => format!(
-                    "connecting to {peer} did not finish within {:?}",
-                    options.connect_timeout
-                ),
-                None => format!(
-                    "the server address did not resolve within {:?}",
-                    options.connect_timeout
-                ),
+                Some(peer) => {
+                    format!("connecting to {peer} did not finish within {connect_timeout:?}")
+                }
+                None => format!("the server address did not resolve within {connect_timeout:?}"),
             })),
+        }
+    }
+
+    /// Authenticates the connection with the server's password. Errors:
+    /// [`KvsError::WrongPassword`] (the server answers it only after a delay, and closes the
+    /// connection after too many); [`KvsError::Protocol`] for a password over
+    /// [`crate::limits::PASSWORD_BYTES_MAX`] (not sent). A server without a password answers
+    /// that it needs none, which is `Ok` here: the connection can be used.
+    pub async fn auth(&mut self, password: &Password) -> Result<()> {
+        let request = Request::Auth {
+            password: password.expose().clone(),
+        };
+        match self.call_raw(&request).await? {
+            Response::Ok => Ok(()),
+            Response::Error {
+                kind: ErrorKind::Unsupported,
+                ..
+            } => {
+                tracing::debug!(peer = %self.peer, "the server has no password; Auth was not needed");
+                Ok(())
+            }
+            Response::Error { kind, message } => Err(self.server_error(&request, kind, message)),
+            other => Err(self.mismatch(&request, &other)),
         }
     }
 
@@ -386,6 +418,14 @@ impl KvsClient {
     /// Sends `request`, reads its response and turns an `Error` response into a [`KvsError`].
     /// The caller checks that the response answers the request.
     async fn call(&mut self, request: &Request) -> Result<Response> {
+        match self.call_raw(request).await? {
+            Response::Error { kind, message } => Err(self.server_error(request, kind, message)),
+            other => Ok(other),
+        }
+    }
+
+    /// Sends `request` and reads its response, `Error` responses included.
+    async fn call_raw(&mut self, request: &Request) -> Result<Response> {
         self.check_ready()?;
         // Encoding refuses oversized keys and values before anything is sent, so such an
         // error leaves the connection as it was.
@@ -411,10 +451,7 @@ impl KvsClient {
         };
         self.health = Health::Ready;
         self.release_large_buffers();
-        match response {
-            Response::Error { kind, message } => Err(self.server_error(request, kind, message)),
-            other => Ok(other),
-        }
+        Ok(response)
     }
 
     async fn exchange(&mut self) -> Result<Response> {
@@ -484,6 +521,8 @@ impl KvsClient {
             },
             (ErrorKind::DiskFull, _) => KvsError::DiskFull,
             (ErrorKind::Busy, _) => KvsError::Busy(message),
+            (ErrorKind::AuthRequired, _) => KvsError::AuthRequired,
+            (ErrorKind::WrongPassword, _) => KvsError::WrongPassword,
             _ => KvsError::Server(message),
         }
     }
@@ -543,6 +582,7 @@ fn answers(request: &Request, response: &Response) -> bool {
             | (Request::Remove { .. }, Response::Ok | Response::NotFound)
             | (Request::Ping, Response::Pong)
             | (Request::Stats, Response::Stats(_))
+            | (Request::Auth { .. }, Response::Ok)
     )
 }
 
@@ -558,7 +598,10 @@ fn closes_connection(kind: ErrorKind) -> bool {
         ErrorKind::ReadOnly
         | ErrorKind::DiskFull
         | ErrorKind::Internal
-        | ErrorKind::Unsupported => false,
+        | ErrorKind::Unsupported
+        | ErrorKind::AuthRequired
+        // After the last attempt allowed the server closes too; the next request finds out.
+        | ErrorKind::WrongPassword => false,
     }
 }
 
@@ -577,6 +620,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::Remove { .. } => "Remove",
         Request::Ping => "Ping",
         Request::Stats => "Stats",
+        Request::Auth { .. } => "Auth",
     }
 }
 

@@ -92,6 +92,14 @@ pub enum KvsError {
     /// The store or connection has shut down.
     #[error("the store is shut down")]
     Closed,
+
+    /// The server requires a password, and this connection has not authenticated.
+    #[error("the server requires a password, and none was given")]
+    AuthRequired,
+
+    /// The server refused the password.
+    #[error("the server refused the password")]
+    WrongPassword,
 }
 
 /// Result with [`KvsError`].

@@ -13,6 +13,7 @@
 //!   drives kvs and Redis alike) and the side-by-side summary `ci/bench.sh` writes.
 //! - [`thread_pool`]: the `ThreadPool` trait and its implementations.
 //! - [`limits`]: every limit in one place.
+//! - [`auth`]: [`Password`], which never shows its bytes and compares in constant time.
 //!
 //! kvs is Linux-only; see `LINUX_ONLY.md`.
 
@@ -21,6 +22,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("kvs builds on Linux only (io_uring, CPU pinning): see LINUX_ONLY.md");
 
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod engine;
@@ -31,6 +33,7 @@ pub mod protocol;
 pub mod server;
 pub mod thread_pool;
 
+pub use auth::Password;
 pub use client::KvsClient;
 pub use engine::{KvStore, KvsEngine, SledKvsEngine};
 pub use error::{KvsError, Result};

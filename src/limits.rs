@@ -20,6 +20,16 @@ pub const RESP_LINE_BYTES_MAX: usize = 64 * 1024;
 pub const CLIENT_NAME_BYTES_MAX: usize = 1024;
 /// Deepest nesting of arrays in a RESP reply the client side accepts.
 pub const RESP_REPLY_DEPTH_MAX: usize = 64;
+/// Longest password a server may be configured with, and a native `Auth` request may carry.
+pub const PASSWORD_BYTES_MAX: usize = 512;
+/// Default delay of the answer to a connection's first failed password attempt; each further
+/// failure on the connection doubles it, up to [`AUTH_FAIL_DELAY_GROWTH_MAX`] times this.
+pub const AUTH_FAIL_DELAY_MS: u64 = 200;
+/// How many times the first failure's delay a later failure's delay may grow to.
+pub const AUTH_FAIL_DELAY_GROWTH_MAX: u32 = 10;
+/// Failed password attempts a connection may make; the server closes it after the last
+/// one's (delayed) answer.
+pub const AUTH_FAILURES_MAX: u32 = 10;
 
 /// Size at which a segment is sealed and a new one started, in bytes.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
@@ -83,6 +93,8 @@ const _: () = assert!(REQUEST_BYTES_IN_FLIGHT_MAX >= FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(RESP_COMMAND_BYTES_MAX >= FRAME_BYTES_MAX + RESP_LINE_BYTES_MAX);
 const _: () = assert!(CLIENT_NAME_BYTES_MAX <= RESP_LINE_BYTES_MAX);
+const _: () = assert!(PASSWORD_BYTES_MAX <= FRAME_OVERHEAD_BYTES_MAX / 2);
+const _: () = assert!(AUTH_FAILURES_MAX >= 1 && AUTH_FAIL_DELAY_GROWTH_MAX >= 1);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT as usize > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);
 const _: () = assert!(WRITE_BATCH_BYTES_MAX <= SEGMENT_BYTES_DEFAULT as usize);
 // A load generator should be able to use every connection a server accepts by default.

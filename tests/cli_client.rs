@@ -96,6 +96,10 @@ fn serve(mut stream: TcpStream, store: &Store) -> io::Result<()> {
                 kind: kvs::protocol::ErrorKind::Unsupported,
                 message: "this fake keeps no stats".to_owned(),
             },
+            Request::Auth { .. } => Response::Error {
+                kind: kvs::protocol::ErrorKind::Unsupported,
+                message: "this fake has no password".to_owned(),
+            },
         };
         drop(map);
         out.clear();

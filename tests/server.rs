@@ -395,8 +395,20 @@ fn connection_cap_answers_busy_then_closes() {
         .arg("--max-connections")
         .arg("2")
         .start();
-    let _a = NativeConn::connect(server.addr);
-    let _b = NativeConn::connect(server.addr);
+    // The start-up helper's readiness probe holds a slot until the server sees it closed,
+    // which a loaded machine can delay past the first connections: retry those until let in.
+    let let_in = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match NativeConn::try_connect(server.addr) {
+                Ok(conn) => return conn,
+                Err(e) if Instant::now() > deadline => panic!("never let in: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    };
+    let _a = let_in();
+    let _b = let_in();
     let mut c = TcpStream::connect(server.addr).unwrap();
     let mut hello = Vec::new();
     kvs::protocol::encode_client_hello(&mut hello);

@@ -34,8 +34,13 @@ use super::codec::{parse_reply, ReplyKind, RequestEncoder};
 use super::stats::{Op, Phase, ThreadStats};
 use super::workload::{read_threshold, Keyspace, Rng, Stripe, ValueTemplate};
 use super::Protocol;
+use crate::auth::Password;
 use crate::limits::BENCH_CONNECT_TIMEOUT_MS;
-use crate::protocol::{decode_server_hello, encode_client_hello, HelloStatus, HELLO_BYTES};
+use crate::protocol::resp::{self, Reply};
+use crate::protocol::{
+    decode_response, decode_server_hello, encode_client_hello, encode_request, ErrorKind,
+    HelloStatus, Request, Response, HELLO_BYTES,
+};
 use crate::KvsError;
 
 /// When the next scheduled send is this close, the connection yields to the runtime until
@@ -54,6 +59,8 @@ pub struct Context {
     pub values: std::sync::Arc<ValueTemplate>,
     pub encoder: RequestEncoder,
     pub verify: bool,
+    /// Sent first on every connection (native `Auth`, RESP `AUTH`) when set.
+    pub password: Option<Password>,
     pub stats: RefCell<ThreadStats>,
 }
 
@@ -248,7 +255,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects and, for the native protocol, exchanges hellos.
+    /// Connects and, for the native protocol, exchanges hellos; then authenticates if the
+    /// run has a password.
     pub async fn open(addr: SocketAddr, ctx: &Context, stripe: Stripe) -> Result<Conn, KvsError> {
         let connect = TcpStream::connect(addr);
         let mut stream =
@@ -277,6 +285,9 @@ impl Conn {
                     ))
                 }
             }
+        }
+        if let Some(password) = &ctx.password {
+            authenticate(&mut stream, ctx.protocol, password).await?;
         }
         let request_max = ctx.encoder.get_len().max(ctx.encoder.set_len());
         // A reply is at most a value plus a small header.
@@ -597,6 +608,64 @@ impl Alarm {
                 Ok(result) => return result.map(drop),
                 Err(_would_block) => continue,
             }
+        }
+    }
+}
+
+/// Sends the password and reads the answer: [`KvsError::WrongPassword`] if refused. A server
+/// without a password (kvs's `Unsupported`, Redis's `AUTH <password> called without any
+/// password configured`) lets the connection go on, as `KvsClient` does.
+async fn authenticate(
+    stream: &mut TcpStream,
+    protocol: Protocol,
+    password: &Password,
+) -> Result<(), KvsError> {
+    let mut out = Vec::new();
+    match protocol {
+        Protocol::Native => {
+            let request = Request::Auth {
+                password: password.expose().clone(),
+            };
+            encode_request(&request, &mut out)?;
+        }
+        Protocol::Resp => resp::encode_command(&[b"AUTH", password.expose()], &mut out),
+    }
+    stream.write_all(&out).await?;
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        let answer = match protocol {
+            Protocol::Native => decode_response(&buf)?.map(|(response, _)| match response {
+                Response::Ok
+                | Response::Error {
+                    kind: ErrorKind::Unsupported,
+                    ..
+                } => Ok(()),
+                Response::Error {
+                    kind: ErrorKind::WrongPassword,
+                    ..
+                } => Err(KvsError::WrongPassword),
+                Response::Error { message, .. } => Err(KvsError::Server(message)),
+                _ => Err(KvsError::Protocol(
+                    "the server answered Auth with neither Ok nor an error".into(),
+                )),
+            }),
+            Protocol::Resp => resp::parse_reply(&buf)?.map(|(reply, _)| match reply {
+                Reply::Simple(ok) if ok == "OK" => Ok(()),
+                Reply::Error(e) if e.starts_with("WRONGPASS") => Err(KvsError::WrongPassword),
+                Reply::Error(e) if e.starts_with("ERR AUTH <password> called without") => Ok(()),
+                Reply::Error(e) => Err(KvsError::Server(e)),
+                _ => Err(KvsError::Protocol(
+                    "the server answered AUTH with neither +OK nor an error".into(),
+                )),
+            }),
+        };
+        if let Some(answer) = answer {
+            return answer;
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(KvsError::ConnectionLost(
+                "the server closed the connection before answering the password".into(),
+            ));
         }
     }
 }

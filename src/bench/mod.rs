@@ -44,6 +44,7 @@ pub mod workload;
 pub use report::Report;
 pub use run::run;
 
+use crate::auth::Password;
 use crate::limits::{
     BENCH_CONNECTIONS_MAX, BENCH_THREADS_MAX, KEY_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX,
     VALUE_BYTES_MAX,
@@ -121,6 +122,8 @@ pub struct BenchConfig {
     pub progress: bool,
     /// Labels copied into the report (e.g. `workload=W2`, `server=redis`).
     pub tags: BTreeMap<String, String>,
+    /// The server's password, sent first on every connection (`Debug` does not show it).
+    pub password: Option<Password>,
 }
 
 impl BenchConfig {
@@ -146,6 +149,7 @@ impl BenchConfig {
             prefill: false,
             progress: true,
             tags: BTreeMap::new(),
+            password: None,
         }
     }
 

@@ -437,6 +437,7 @@ async fn thread_body(plan: ThreadPlan) -> ThreadStats {
         values: plan.values.clone(),
         encoder: plan.encoder.clone(),
         verify: config.verify,
+        password: config.password.clone(),
         stats: RefCell::new(ThreadStats::default()),
     });
     let ticker = tokio::task::spawn_local(ticker(

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use kvs::auth::{Password, PasswordParser};
 use kvs::bench::{self, parse_duration, BenchConfig, Protocol, RunLength};
 
 /// Load generator for kvs and Redis: GET/SET over the native protocol or RESP, closed or open
@@ -99,6 +100,9 @@ struct RunArgs {
     /// A label copied into the result, NAME=VALUE (repeatable).
     #[arg(long, value_parser = parse_tag)]
     tag: Vec<(String, String)>,
+    /// The server's password, sent first on every connection (native Auth, RESP AUTH).
+    #[arg(long, value_name = "PASSWORD", value_parser = PasswordParser)]
+    password: Option<Password>,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +181,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     config.prefill = args.prefill;
     config.progress = !args.no_progress;
     config.tags = args.tag.into_iter().collect::<BTreeMap<_, _>>();
+    config.password = args.password;
     let report = bench::run(&config)?;
     if args.json {
         println!("{}", report.to_json());

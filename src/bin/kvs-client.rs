@@ -4,7 +4,10 @@
 //! Output follows talent-plan's conventions: `set` and `rm` print nothing on success; `get`
 //! prints the value and a newline, or `Key not found` (exit 0); `rm` of an absent key prints
 //! `Key not found` on stderr and exits 1. Usage errors exit 2 (clap); anything else that
-//! fails exits 1 with a sentence on stderr.
+//! fails exits 1 with a sentence on stderr, a missing or refused password included.
+//!
+//! The password comes from `--password` or, without it, the `KVS_PASSWORD` environment
+//! variable (which, unlike a flag, other users cannot read in the process list).
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -14,8 +17,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use kvs::client::stats_table;
-use kvs::{KvsClient, KvsError};
+use kvs::auth::PasswordParser;
+use kvs::client::{stats_table, ClientOptions};
+use kvs::{KvsClient, KvsError, Password};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -30,9 +34,18 @@ struct Cli {
     )]
     addr: SocketAddr,
 
+    /// The server's password, if it has one; without this flag, the KVS_PASSWORD environment
+    /// variable. Every user of this machine can read a flag in the process list, so prefer
+    /// the variable. Accepted before or after the command.
+    #[arg(long, global = true, value_name = "PASSWORD", value_parser = PasswordParser)]
+    password: Option<Password>,
+
     #[command(subcommand)]
     command: Command,
 }
+
+/// The variable that holds the password when `--password` is not given.
+const PASSWORD_VAR: &str = "KVS_PASSWORD";
 
 // Keys and values are OsStrings so that any bytes the shell can pass reach the server as-is.
 #[derive(Subcommand)]
@@ -50,7 +63,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.password.is_none() {
+        // An empty variable counts as unset.
+        match std::env::var_os(PASSWORD_VAR).filter(|v| !v.is_empty()) {
+            None => {}
+            Some(value) => match Password::new(value.into_vec()) {
+                Ok(password) => cli.password = Some(password),
+                Err(e) => {
+                    eprintln!("kvs-client: {PASSWORD_VAR}: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+        }
+    }
     // Logs go to stderr so that stdout carries only values. Quiet unless RUST_LOG says more.
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::from_default_env())
@@ -69,15 +95,29 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            // The library's errors are whole sentences that already name their cause.
-            eprintln!("kvs-client: {err}");
+            match err.downcast_ref::<KvsError>() {
+                Some(KvsError::WrongPassword) => eprintln!(
+                    "kvs-client: the server refused the password (given with --password or \
+                     {PASSWORD_VAR})"
+                ),
+                Some(KvsError::AuthRequired) => eprintln!(
+                    "kvs-client: the server requires a password: give it with --password \
+                     PASSWORD or in the {PASSWORD_VAR} environment variable"
+                ),
+                // The library's errors are whole sentences that already name their cause.
+                _ => eprintln!("kvs-client: {err}"),
+            }
             ExitCode::FAILURE
         }
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut client = KvsClient::connect(cli.addr).await?;
+    let options = ClientOptions {
+        password: cli.password,
+        ..ClientOptions::default()
+    };
+    let mut client = KvsClient::connect_with(cli.addr, options).await?;
     match cli.command {
         Command::Set { key, value } => client.set(key.into_vec(), value.into_vec()).await?,
         Command::Get { key } => match client.get(key.into_vec()).await? {

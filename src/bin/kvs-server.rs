@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use kvs::auth::{read_password_file, Password, PasswordParser};
 use kvs::engine::meta::EngineKind;
 use kvs::engine::FsyncPolicy;
 use kvs::io_backend::IoChoice;
@@ -17,12 +18,26 @@ use kvs::server::{self, ServerConfig};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A persistent key/value store server: thread-per-core, io_uring, segmented log.
+// `Debug` shows a password as `Password(..)`.
 #[derive(Parser, Debug)]
 #[command(name = "kvs-server", version, about)]
 struct Args {
-    /// Address to listen on.
+    /// Address to listen on. An address that is not loopback needs a password
+    /// (--requirepass-file).
     #[arg(long, default_value = "127.0.0.1:4000")]
     addr: SocketAddr,
+    /// A file whose content (less one trailing newline) is the password clients must give
+    /// (RESP AUTH, native Auth) before anything else is served. Keep it mode 0600.
+    #[arg(long, value_name = "PATH", conflicts_with = "requirepass")]
+    requirepass_file: Option<PathBuf>,
+    /// The password clients must give, on the command line. Every user of this machine can
+    /// read it in the process list: prefer --requirepass-file.
+    #[arg(long, value_name = "PASSWORD", value_parser = PasswordParser)]
+    requirepass: Option<Password>,
+    /// Delay in milliseconds of the answer to a connection's first wrong password; each
+    /// further failure doubles it, up to ten times this, and the tenth closes the connection.
+    #[arg(long, default_value_t = kvs::limits::AUTH_FAIL_DELAY_MS)]
+    auth_fail_delay_ms: u64,
     /// Storage engine; default: the one already in the directory, else kvs.
     #[arg(long, value_parser = ["kvs", "sled"])]
     engine: Option<String>,
@@ -72,6 +87,36 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    let password = match (args.requirepass, &args.requirepass_file) {
+        (Some(password), _) => {
+            tracing::warn!(
+                "--requirepass puts the password in the process list, where every user of this \
+                 machine can read it; --requirepass-file keeps it out"
+            );
+            Some((password, "--requirepass".to_owned()))
+        }
+        (None, Some(path)) => match read_password_file(path) {
+            Ok(file) => {
+                if let Some(mode) = file.loose_mode {
+                    tracing::warn!(
+                        "the password file {} can be read by other users (mode {mode:04o}); \
+                         chmod 600 it",
+                        path.display()
+                    );
+                }
+                Some((
+                    file.password,
+                    format!("--requirepass-file {}", path.display()),
+                ))
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("kvs-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => None,
+    };
     let mut config = ServerConfig::new(args.addr, args.dir);
     config.engine = args
         .engine
@@ -88,14 +133,23 @@ fn main() -> ExitCode {
     config.max_connections = args.max_connections;
     config.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     config.frame_timeout = Duration::from_millis(args.frame_timeout_ms);
+    config.auth_fail_delay = Duration::from_millis(args.auth_fail_delay_ms);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         addr = %config.addr,
         dir = %config.dir.display(),
         cores = config.cores,
         fsync = %config.fsync,
+        password_required = password.is_some(),
         "kvs-server starting"
     );
+    match &password {
+        Some((_, source)) => tracing::info!(
+            "clients must authenticate (RESP AUTH, native Auth) with the password from {source}"
+        ),
+        None => tracing::info!("no password: clients are not asked to authenticate"),
+    }
+    config.password = password.map(|(password, _)| password);
     match server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -123,6 +123,7 @@ async fn serve_store(mut stream: TcpStream) {
             },
             Request::Ping => Response::Pong,
             Request::Stats => Response::Stats(sample_stats()),
+            Request::Auth { .. } => Response::Ok,
         };
         out.clear();
         encode_response(&response, &mut out).expect("encodable response");
@@ -188,6 +189,7 @@ fn quick(request_timeout_ms: u64) -> ClientOptions {
     ClientOptions {
         connect_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_millis(request_timeout_ms),
+        password: None,
     }
 }
 
@@ -637,5 +639,79 @@ fn stats_table_saturates_and_escapes_what_the_server_sent() {
             .expect("a total row")
             .contains(&u64::MAX.to_string()),
         "{table}"
+    );
+}
+
+#[tokio::test]
+async fn a_password_in_the_options_is_sent_first_and_its_refusals_are_specific() {
+    // Guards against a password not sent first, or a refusal reported as a vague server error.
+    let password = Password::new("s3cret").unwrap();
+    let with_password = ClientOptions {
+        password: Some(password.clone()),
+        ..ClientOptions::default()
+    };
+    assert!(!format!("{with_password:?}").contains("s3cret"));
+    // The server sees Auth with the password before anything else.
+    let addr = fake_server(|mut stream| async move {
+        answer_hello(&mut stream, HelloStatus::Accepted).await;
+        let mut buf = BytesMut::new();
+        let first = next_request(&mut stream, &mut buf)
+            .await
+            .expect("a request");
+        assert_eq!(
+            first,
+            Request::Auth {
+                password: Bytes::from_static(b"s3cret")
+            }
+        );
+        send(&mut stream, &Response::Ok).await;
+        let second = next_request(&mut stream, &mut buf)
+            .await
+            .expect("a request");
+        assert_eq!(second, Request::Ping);
+        send(&mut stream, &Response::Pong).await;
+        hold_open(stream).await;
+    })
+    .await;
+    let mut client = KvsClient::connect_with(addr, with_password.clone())
+        .await
+        .expect("connect and authenticate");
+    client.ping().await.expect("ping after Auth");
+
+    let refusal = |kind| Response::Error {
+        kind,
+        message: "no".to_owned(),
+    };
+    let addr = fake_scripted(vec![refusal(ErrorKind::WrongPassword)]).await;
+    assert!(matches!(
+        KvsClient::connect_with(addr, with_password.clone()).await,
+        Err(KvsError::WrongPassword)
+    ));
+    // A server without a password says so; the connection is usable.
+    let addr = fake_scripted(vec![refusal(ErrorKind::Unsupported), Response::Pong]).await;
+    let mut client = KvsClient::connect_with(addr, with_password.clone())
+        .await
+        .expect("a server without a password accepts the connection");
+    client.ping().await.expect("usable");
+    // Without a password, a server that wants one answers AuthRequired; the connection stays
+    // usable, and auth() then gets in.
+    let addr = fake_scripted(vec![
+        refusal(ErrorKind::AuthRequired),
+        refusal(ErrorKind::WrongPassword),
+        Response::Ok,
+        Response::Pong,
+    ])
+    .await;
+    let mut client = KvsClient::connect(addr).await.expect("connect");
+    assert!(matches!(client.ping().await, Err(KvsError::AuthRequired)));
+    assert!(matches!(
+        client.auth(&Password::new("nope").unwrap()).await,
+        Err(KvsError::WrongPassword)
+    ));
+    client.auth(&password).await.expect("the right password");
+    client.ping().await.expect("authenticated");
+    assert_eq!(
+        KvsError::WrongPassword.to_string(),
+        "the server refused the password"
     );
 }

@@ -225,7 +225,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+    use crate::limits::{KEY_BYTES_MAX, PASSWORD_BYTES_MAX, VALUE_BYTES_MAX};
     use crate::protocol::hex;
     use crate::protocol::message::{ErrorKind, PartitionStats, StatsReport};
 
@@ -249,6 +249,9 @@ mod tests {
             },
             Request::Ping,
             Request::Stats,
+            Request::Auth {
+                password: Bytes::from_static(b"s3cret"),
+            },
         ]
     }
 
@@ -266,7 +269,7 @@ mod tests {
         }
     }
 
-    fn every_error_kind() -> [ErrorKind; 9] {
+    fn every_error_kind() -> [ErrorKind; 11] {
         [
             ErrorKind::KeyTooLarge,
             ErrorKind::ValueTooLarge,
@@ -277,6 +280,8 @@ mod tests {
             ErrorKind::Busy,
             ErrorKind::Internal,
             ErrorKind::Unsupported,
+            ErrorKind::AuthRequired,
+            ErrorKind::WrongPassword,
         ]
     }
 
@@ -555,16 +560,16 @@ mod tests {
     fn unknown_variant_indices_are_malformed() {
         // Guards against a newer peer's message being misread as some other message.
         assert!(matches!(
-            decode_request(&raw_frame(&[0x05])),
+            decode_request(&raw_frame(&[0x06])),
             Err(ProtocolError::Malformed(_))
         ));
         assert!(matches!(
             decode_response(&raw_frame(&[0x06])),
             Err(ProtocolError::Malformed(_))
         ));
-        // Error with kind index 9.
+        // Error with kind index 11.
         assert!(matches!(
-            decode_response(&raw_frame(&[0x05, 0x09, 0x00])),
+            decode_response(&raw_frame(&[0x05, 0x0b, 0x00])),
             Err(ProtocolError::Malformed(_))
         ));
         // Option tag 2 is neither None nor Some.
@@ -631,6 +636,51 @@ mod tests {
     }
 
     #[test]
+    fn oversized_password_is_refused_by_the_encoder_and_the_decoder() {
+        // Guards against a password over the limit accepted, or quoted in the error.
+        let long = Request::Auth {
+            password: Bytes::from(vec![b'p'; PASSWORD_BYTES_MAX + 1]),
+        };
+        let err = ProtocolError::PasswordTooLarge {
+            len: PASSWORD_BYTES_MAX + 1,
+            max: PASSWORD_BYTES_MAX,
+        };
+        let mut out = Vec::new();
+        assert_eq!(encode_request(&long, &mut out), Err(err.clone()));
+        assert!(out.is_empty());
+        let frame = raw_frame(&postcard::to_stdvec(&long).expect("serializable"));
+        assert_eq!(decode_request(&frame), Err(err.clone()));
+        assert_eq!(err.kind(), ErrorKind::Malformed);
+        assert!(!err.to_string().contains("ppp"));
+        let at_limit = Request::Auth {
+            password: Bytes::from(vec![b'p'; PASSWORD_BYTES_MAX]),
+        };
+        let frame = request_frame(&at_limit);
+        assert_eq!(decode_request(&frame), Ok(Some((at_limit, frame.len()))));
+    }
+
+    #[test]
+    fn debug_of_an_auth_request_hides_the_password() {
+        // Guards against a password reaching a log line through `{:?}` of a request.
+        let shown = format!(
+            "{:?}",
+            Request::Auth {
+                password: Bytes::from_static(b"hunter2")
+            }
+        );
+        assert_eq!(shown, "Auth { password: .. }");
+        assert_eq!(
+            format!(
+                "{:?}",
+                Request::Get {
+                    key: Bytes::from_static(b"k")
+                }
+            ),
+            "Get { key: b\"k\" }"
+        );
+    }
+
+    #[test]
     fn encoders_refuse_oversized_messages_and_leave_the_buffer_untouched() {
         // Guards against a client sending a frame the server must close the connection over.
         let mut out = b"earlier".to_vec();
@@ -668,14 +718,14 @@ mod tests {
             .iter()
             .map(|r| request_frame(r)[FRAME_HEADER_BYTES])
             .collect();
-        assert_eq!(request_indices, [0, 1, 1, 2, 3, 4]);
+        assert_eq!(request_indices, [0, 1, 1, 2, 3, 4, 5]);
         let response_indices: Vec<u8> = every_response()
             .iter()
             .map(|r| response_frame(r)[FRAME_HEADER_BYTES])
             .collect();
         assert_eq!(
             response_indices,
-            [0, 1, 1, 1, 2, 3, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5]
+            [0, 1, 1, 1, 2, 3, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5]
         );
         let kind_indices: Vec<u8> = every_error_kind()
             .into_iter()
@@ -687,7 +737,7 @@ mod tests {
                 response_frame(&response)[FRAME_HEADER_BYTES + 1]
             })
             .collect();
-        assert_eq!(kind_indices, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(kind_indices, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     }
 
     /// Asserts that `bytes` are exactly `expected` and that docs/protocol.md shows them.
@@ -740,6 +790,12 @@ mod tests {
             ),
             (Request::Ping, "01 00 00 00 03"),
             (Request::Stats, "01 00 00 00 04"),
+            (
+                Request::Auth {
+                    password: Bytes::from_static(b"s3cret"),
+                },
+                "08 00 00 00 05 06 73 33 63 72 65 74",
+            ),
         ];
         for (request, expected) in examples_requests {
             assert_documented(&format!("{request:?}"), &request_frame(&request), expected);
@@ -765,6 +821,13 @@ mod tests {
                 },
                 "0c 00 00 00 05 04 09 72 65 61 64 2d 6f 6e 6c 79",
             ),
+            (
+                Response::Error {
+                    kind: ErrorKind::WrongPassword,
+                    message: "wrong password".to_owned(),
+                },
+                "11 00 00 00 05 0a 0e 77 72 6f 6e 67 20 70 61 73 73 77 6f 72 64",
+            ),
         ];
         for (response, expected) in examples_responses {
             assert_documented(
@@ -787,6 +850,7 @@ mod tests {
             arb_bytes(KEY_BYTES_MAX).prop_map(|key| Request::Remove { key }),
             Just(Request::Ping),
             Just(Request::Stats),
+            arb_bytes(PASSWORD_BYTES_MAX).prop_map(|password| Request::Auth { password }),
         ]
     }
 

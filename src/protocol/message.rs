@@ -14,10 +14,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::ProtocolError;
-use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::limits::{KEY_BYTES_MAX, PASSWORD_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// A client's request. One frame, one request; the server answers each with one [`Response`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `Debug` shows an `Auth` request's password as `..`, so a request can be logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Index 0. Answered by [`Response::Value`] (`None` when the key is absent).
     Get { key: Bytes },
@@ -29,6 +31,29 @@ pub enum Request {
     Ping,
     /// Index 4. Answered by [`Response::Stats`].
     Stats,
+    /// Index 5. Authenticates the connection: answered by [`Response::Ok`], or an
+    /// [`ErrorKind::WrongPassword`] error (delayed, and after too many the server closes), or
+    /// [`ErrorKind::Unsupported`] when the server has no password. On a server with a password,
+    /// every other request before a successful `Auth` is answered [`ErrorKind::AuthRequired`].
+    /// At most [`PASSWORD_BYTES_MAX`] bytes.
+    Auth { password: Bytes },
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Get { key } => f.debug_struct("Get").field("key", key).finish(),
+            Request::Set { key, value } => f
+                .debug_struct("Set")
+                .field("key", key)
+                .field("value", value)
+                .finish(),
+            Request::Remove { key } => f.debug_struct("Remove").field("key", key).finish(),
+            Request::Ping => f.write_str("Ping"),
+            Request::Stats => f.write_str("Stats"),
+            Request::Auth { .. } => f.write_str("Auth { password: .. }"),
+        }
+    }
 }
 
 /// The server's answer to one [`Request`].
@@ -95,10 +120,15 @@ pub enum ErrorKind {
     Internal,
     /// Index 8. The server does not support this request.
     Unsupported,
+    /// Index 9. The server requires a password and the connection has not authenticated.
+    AuthRequired,
+    /// Index 10. An `Auth` request's password is wrong.
+    WrongPassword,
 }
 
 impl Request {
-    /// Checks the key and value against [`KEY_BYTES_MAX`] and [`VALUE_BYTES_MAX`].
+    /// Checks the key and value against [`KEY_BYTES_MAX`] and [`VALUE_BYTES_MAX`], and a
+    /// password against [`PASSWORD_BYTES_MAX`].
     pub fn check_limits(&self) -> Result<(), ProtocolError> {
         match self {
             Request::Get { key } | Request::Remove { key } => check_key(key),
@@ -107,6 +137,13 @@ impl Request {
                 check_value(value)
             }
             Request::Ping | Request::Stats => Ok(()),
+            Request::Auth { password } if password.len() > PASSWORD_BYTES_MAX => {
+                Err(ProtocolError::PasswordTooLarge {
+                    len: password.len(),
+                    max: PASSWORD_BYTES_MAX,
+                })
+            }
+            Request::Auth { .. } => Ok(()),
         }
     }
 }

@@ -61,6 +61,10 @@ pub enum ProtocolError {
     #[error("value is {len} bytes; the limit is {max} bytes")]
     ValueTooLarge { len: usize, max: usize },
 
+    /// An `Auth` request's password exceeds [`crate::limits::PASSWORD_BYTES_MAX`].
+    #[error("password is {len} bytes; the limit is {max} bytes")]
+    PasswordTooLarge { len: usize, max: usize },
+
     /// A frame body is not a valid postcard message of the expected type.
     #[error("malformed frame body: {0}")]
     Malformed(String),
@@ -84,6 +88,7 @@ impl ProtocolError {
             ProtocolError::BadMagic { .. }
             | ProtocolError::UnknownHelloStatus { .. }
             | ProtocolError::Malformed(_)
+            | ProtocolError::PasswordTooLarge { .. }
             | ProtocolError::TrailingBytes { .. } => ErrorKind::Malformed,
             ProtocolError::Encode(_) => ErrorKind::Internal,
         }

@@ -1,6 +1,6 @@
 //! The thread-per-core server behind `kvs-server`.
 //!
-//! Start-up: lock the data directory, read or record its engine and partition count, choose
+//! Start-up: refuse a non-loopback address without a password, lock the data directory, read or record its engine and partition count, choose
 //! the I/O backend once, bind one SO_REUSEPORT listener per worker (refusing a port already in
 //! use), then start N pinned workers. Each owns the partitions `p` with `p % N == its index`.
 //! Shutdown (SIGINT/SIGTERM or [`RunningServer::shutdown`]): workers stop accepting and
@@ -16,19 +16,23 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+pub mod auth;
 pub mod net;
 pub mod resp;
 pub mod router;
 pub mod session;
 pub mod worker;
 
+use crate::auth::Password;
 use crate::engine::meta::{EngineKind, StoreMeta};
 use crate::engine::{FsyncPolicy, SledKvsEngine, StoreOptions};
 use crate::io_backend::{BackendChoice, IoBackendKind, IoChoice};
 use crate::limits::{
-    CONNECTIONS_MAX, FRAME_TIMEOUT_MS, IDLE_TIMEOUT_MS, PARTITIONS_MAX, SHUTDOWN_GRACE_MS,
+    AUTH_FAIL_DELAY_MS, CONNECTIONS_MAX, FRAME_TIMEOUT_MS, IDLE_TIMEOUT_MS, PARTITIONS_MAX,
+    SHUTDOWN_GRACE_MS,
 };
 use crate::{KvsError, Result};
+use auth::AuthConfig;
 use session::SessionLimits;
 use worker::{EngineSetup, Phase, WorkerSetup};
 
@@ -52,6 +56,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub frame_timeout: Duration,
+    /// The password clients must give (RESP `AUTH`, native `Auth`); required to listen on
+    /// an address that is not loopback.
+    pub password: Option<Password>,
+    /// The delay of the answer to a connection's first failed password attempt (see
+    /// [`auth`]).
+    pub auth_fail_delay: Duration,
 }
 
 impl ServerConfig {
@@ -70,6 +80,8 @@ impl ServerConfig {
             max_connections: CONNECTIONS_MAX,
             idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS),
             frame_timeout: Duration::from_millis(FRAME_TIMEOUT_MS),
+            password: None,
+            auth_fail_delay: Duration::from_millis(AUTH_FAIL_DELAY_MS),
         }
     }
 }
@@ -154,8 +166,15 @@ impl RunningServer {
 
 /// Starts a server and returns once every worker has opened its partitions and listens.
 pub fn start(config: ServerConfig) -> Result<RunningServer> {
+    auth::check_listen_address(config.addr, config.password.is_some()).map_err(KvsError::Config)?;
     if config.cores == 0 {
         return Err(KvsError::Config("--cores must be at least 1".into()));
+    }
+    if config.auth_fail_delay.is_zero() {
+        return Err(KvsError::Config(
+            "--auth-fail-delay-ms must be at least 1: failed password attempts are always slowed"
+                .into(),
+        ));
     }
     let lock = crate::engine::lock_dir(&config.dir)?;
     let on_disk = StoreMeta::load(&config.dir)?;
@@ -216,6 +235,10 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
     let limits = SessionLimits {
         idle_timeout: config.idle_timeout,
         frame_timeout: config.frame_timeout,
+        auth: AuthConfig {
+            password: config.password.clone().map(Arc::new),
+            fail_delay: config.auth_fail_delay,
+        },
     };
     let facts = ServerFacts {
         port: addr.port(),

@@ -2,7 +2,8 @@
 //! that sends responses in request order, and a timer that enforces the idle and slow-frame
 //! timeouts by shutting the socket down (never by dropping an in-flight read).
 //!
-//! The first byte decides the dialect: the native magic's first byte, or RESP.
+//! The first byte decides the dialect: the native magic's first byte, or RESP. On a server
+//! with a password, each dialect passes its requests through the connection's [`Gate`].
 //!
 //! Invariants:
 //! - Responses leave in request order.
@@ -20,6 +21,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::auth::{AuthConfig, Gate, Verdict};
 use super::net::NetStream;
 use super::router::{Started, Store};
 use super::ServerFacts;
@@ -38,11 +40,12 @@ const READ_BUFFER_BYTES_MIN: usize = 2048;
 /// Responses are gathered up to this size before a write.
 const WRITE_GATHER_BYTES: usize = 64 * 1024;
 
-/// Per-connection limits and timeouts.
+/// Per-connection limits and timeouts, and the password a connection must give.
 #[derive(Clone, Debug)]
 pub struct SessionLimits {
     pub idle_timeout: Duration,
     pub frame_timeout: Duration,
+    pub auth: AuthConfig,
 }
 
 /// Appends the response for an operation's result to the output.
@@ -66,6 +69,12 @@ pub enum Slot {
     },
     /// A response being computed, and the bytes it may hold (charged to the connection).
     Task(JoinHandle<Vec<u8>>, usize),
+    /// A response held back until `until` (a failed password attempt's). A server shutdown
+    /// does not wait for it: the connection is closed instead.
+    Delayed {
+        bytes: Vec<u8>,
+        until: Instant,
+    },
     /// Send everything before this, then close.
     Close,
 }
@@ -85,6 +94,9 @@ pub enum Step {
     More,
     /// A request was decoded from the first `used` bytes; `slot` will answer it.
     Request { slot: Slot, used: usize },
+    /// As `Request`, and the connection closes once `slot` has answered (the last failed
+    /// password attempt a connection may make).
+    Final { slot: Slot, used: usize },
     /// The input is not acceptable: send `reply` (may be empty), then close.
     Fatal { reply: Vec<u8> },
 }
@@ -111,6 +123,8 @@ pub struct Conn<N> {
     closed: Cell<bool>,
     /// The reader should stop at the next opportunity (server shutdown).
     stop_reading: Cell<bool>,
+    /// Wakes the writer out of a [`Slot::Delayed`] wait at shutdown.
+    stopping: Notify,
 }
 
 impl<N: NetStream> Conn<N> {
@@ -125,12 +139,14 @@ impl<N: NetStream> Conn<N> {
             partial_since: Cell::new(None),
             closed: Cell::new(false),
             stop_reading: Cell::new(false),
+            stopping: Notify::new(),
         }
     }
 
     /// Asks the session to stop reading and finish what it started (graceful shutdown).
     pub fn drain(&self) {
         self.stop_reading.set(true);
+        self.stopping.notify_one();
         self.stream.shutdown(Shutdown::Read);
     }
 
@@ -165,7 +181,7 @@ pub async fn serve_connection<N: NetStream, S: Store>(
     limits: SessionLimits,
     facts: ServerFacts,
 ) {
-    let timer = tokio::task::spawn_local(watch_timeouts(conn.clone(), limits));
+    let timer = tokio::task::spawn_local(watch_timeouts(conn.clone(), limits.clone()));
     let writer = tokio::task::spawn_local(write_responses(conn.clone()));
     let (res, first) = conn
         .stream
@@ -173,10 +189,12 @@ pub async fn serve_connection<N: NetStream, S: Store>(
         .await;
     match res {
         Ok(n) if n > 0 && !conn.stop_reading.get() => {
+            let gate = Gate::new(limits.auth.clone());
             if is_native_magic_start(first[0]) {
-                read_requests(&conn, &store, Native::default(), first).await;
+                read_requests(&conn, &store, Native::new(gate), first).await;
             } else {
-                read_requests(&conn, &store, super::resp::Resp::new(facts), first).await;
+                let resp = super::resp::Resp::new(facts, gate);
+                read_requests(&conn, &store, resp, first).await;
             }
         }
         _ => conn.push(Slot::Close, 0),
@@ -217,6 +235,14 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
                         fatal = true;
                         break;
                     }
+                }
+                Step::Final { slot, used: n } => {
+                    used += n;
+                    conn.last_request.set(Instant::now());
+                    conn.push(slot, n);
+                    conn.push(Slot::Close, 0);
+                    fatal = true;
+                    break;
                 }
                 Step::Fatal { reply } => {
                     if !reply.is_empty() {
@@ -309,6 +335,26 @@ async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
                     }
                 }
             }
+            Slot::Delayed { bytes, until } => {
+                if !out.is_empty() {
+                    out = match write_out(&conn, out).await {
+                        Some(o) => o,
+                        None => return,
+                    };
+                }
+                // Only a timer and a notification are raced here; no I/O is dropped.
+                let stopped = conn.stop_reading.get()
+                    || tokio::select! {
+                        () = tokio::time::sleep_until(until) => false,
+                        () = conn.stopping.notified() => true,
+                    };
+                if stopped {
+                    // Shutting down: the answer (and what follows it) is not worth the wait.
+                    conn.close();
+                    return;
+                }
+                out.extend_from_slice(&bytes);
+            }
             Slot::Close => {
                 if !out.is_empty() {
                     let _ = write_out(&conn, out).await;
@@ -365,9 +411,24 @@ async fn watch_timeouts<N: NetStream>(conn: Rc<Conn<N>>, limits: SessionLimits) 
 // ---- the native dialect ----------------------------------------------------------------------
 
 /// kvs's own protocol: a hello, then length-prefixed postcard frames.
-#[derive(Default)]
 pub struct Native {
     greeted: bool,
+    gate: Gate,
+}
+
+impl Native {
+    pub fn new(gate: Gate) -> Native {
+        Native {
+            greeted: false,
+            gate,
+        }
+    }
+}
+
+/// A slot that answers `bytes` no earlier than `until` (a failed password attempt's answer).
+/// The writer waits on a timer, so the worker and its other connections go on meanwhile.
+pub fn delayed(bytes: Vec<u8>, until: Instant) -> Slot {
+    Slot::Delayed { bytes, until }
 }
 
 fn encode(r: &Response) -> Vec<u8> {
@@ -441,6 +502,41 @@ pub fn error_response(e: &KvsError) -> Response {
     }
 }
 
+impl Native {
+    /// Answers `Auth`: `Ok`, a delayed `WrongPassword` (the last one allowed closes the
+    /// connection), or `Unsupported` on a server without a password.
+    fn auth(&mut self, password: &[u8], used: usize) -> Step {
+        if !self.gate.has_password() {
+            let refusal = Response::Error {
+                kind: ErrorKind::Unsupported,
+                message: "Auth sent, but the server has no password configured".into(),
+            };
+            return Step::Request {
+                slot: Slot::Ready(encode(&refusal)),
+                used,
+            };
+        }
+        match self.gate.attempt(None, password) {
+            Verdict::Accepted => Step::Request {
+                slot: Slot::Ready(encode(&Response::Ok)),
+                used,
+            },
+            Verdict::Refused { until, close } => {
+                let refusal = Response::Error {
+                    kind: ErrorKind::WrongPassword,
+                    message: "wrong password".into(),
+                };
+                let slot = delayed(encode(&refusal), until);
+                if close {
+                    Step::Final { slot, used }
+                } else {
+                    Step::Request { slot, used }
+                }
+            }
+        }
+    }
+}
+
 impl<S: Store> Dialect<S> for Native {
     fn next(&mut self, buf: &[u8], store: &S) -> Step {
         if !self.greeted {
@@ -491,6 +587,13 @@ impl<S: Store> Dialect<S> for Native {
             };
         }
         let slot = match request {
+            Request::Auth { password } => return self.auth(&password, used),
+            // Before authenticating, nothing else is served, not even Ping (as in Redis).
+            _ if !self.gate.is_open() => Slot::Ready(encode(&Response::Error {
+                kind: ErrorKind::AuthRequired,
+                message: "authentication required: send Auth with the server's password first"
+                    .into(),
+            })),
             Request::Ping => Slot::Ready(encode(&Response::Pong)),
             Request::Stats => {
                 let stats = store.stats();

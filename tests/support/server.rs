@@ -81,6 +81,8 @@ pub struct ServerBuilder {
     pub addr: SocketAddr,
     pub args: Vec<String>,
     pub deny_io_uring: bool,
+    /// Environment variables for the server, set after the defaults (`RUST_LOG=info`).
+    pub envs: Vec<(String, String)>,
 }
 
 impl ServerBuilder {
@@ -90,7 +92,12 @@ impl ServerBuilder {
             addr: "127.0.0.1:0".parse().expect("an address"),
             args: Vec::new(),
             deny_io_uring: false,
+            envs: Vec::new(),
         }
+    }
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.envs.push((name.into(), value.into()));
+        self
     }
     pub fn io(mut self, io: &str) -> Self {
         self.args.extend(["--io".into(), io.into()]);
@@ -117,6 +124,7 @@ impl ServerBuilder {
             .arg(&self.dir)
             .args(&self.args);
         cmd.env("RUST_LOG", "info").env_remove("KVS_IO");
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

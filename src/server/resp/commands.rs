@@ -32,6 +32,7 @@ pub enum Cmd {
     Echo,
     Select,
     Hello,
+    Auth,
     Quit,
     Client,
     ClientSetname,
@@ -147,6 +148,10 @@ impl CommandSpec {
 
 const KEY: Arg = Arg::new("key", ArgKind::Key);
 const KEYS: Arg = Arg::new("key", ArgKind::Key).multiple();
+const USERNAME_PASSWORD: &[Arg] = &[
+    Arg::new("username", ArgKind::String),
+    Arg::new("password", ArgKind::String),
+];
 const KEY_VALUE: &[Arg] = &[
     Arg::new("key", ArgKind::Key),
     Arg::new("value", ArgKind::String),
@@ -325,12 +330,33 @@ pub static COMMANDS: &[CommandSpec] = &[
         keys: (0, 0, 0),
         group: "connection",
         complexity: "O(1)",
-        summary: "Describes the server and the connection. kvs speaks RESP2 only.",
+        summary: "Describes the server and the connection, optionally authenticating first. \
+                  kvs speaks RESP2 only.",
         args: &[
             Arg::new("protover", ArgKind::Integer).optional(),
+            Arg::new("auth", ArgKind::Block(USERNAME_PASSWORD))
+                .token("AUTH")
+                .optional(),
             Arg::new("clientname", ArgKind::String)
                 .token("SETNAME")
                 .optional(),
+        ],
+        subcommands: &[],
+    },
+    CommandSpec {
+        name: "auth",
+        cmd: Cmd::Auth,
+        arity: -2,
+        flags: &["noscript", "loading", "stale", "fast", "no_auth"],
+        keys: (0, 0, 0),
+        group: "connection",
+        complexity: "O(N) where N is the number of bytes of the server's password",
+        summary: "Authenticates the connection with the server's password (user `default`). \
+                  A wrong password is answered after a delay that grows with each failure, and \
+                  the connection is closed after 10.",
+        args: &[
+            Arg::new("username", ArgKind::String).optional(),
+            Arg::new("password", ArgKind::String),
         ],
         subcommands: &[],
     },
@@ -873,8 +899,9 @@ mod tests {
         );
         assert_eq!(
             usage(lookup(b"hello").unwrap().args),
-            "[protover] [SETNAME clientname]"
+            "[protover] [AUTH username password] [SETNAME clientname]"
         );
+        assert_eq!(usage(lookup(b"auth").unwrap().args), "[username] password");
         let help = resolve(&words("client help")).unwrap();
         let Reply::Array(Some(lines)) = help_lines(help) else {
             panic!()

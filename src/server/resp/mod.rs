@@ -12,6 +12,12 @@
 //!
 //! Keys and values are checked against [`KEY_BYTES_MAX`] and [`VALUE_BYTES_MAX`] before any
 //! operation of a command starts, so a refused `MSET` or `DEL` changes nothing.
+//!
+//! On a server with a password, a connection must `AUTH` (or `HELLO 2 AUTH default ...`)
+//! before anything but `AUTH`, `HELLO` and `QUIT` is served, as in Redis 6 and later: other
+//! commands get `-NOAUTH Authentication required.` (unknown commands and wrong arities are
+//! reported first, as Redis does). A wrong password's `-WRONGPASS` is delayed by the
+//! connection's [`Gate`].
 
 mod commands;
 mod info;
@@ -21,8 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use futures_util::future::join_all;
 
+use super::auth::{Gate, Verdict};
 use super::router::{LocalBoxFuture, Store};
-use super::session::{answer, Dialect, Slot, Step};
+use super::session::{answer, delayed, Dialect, Slot, Step};
 use super::ServerFacts;
 use crate::engine::shard::{Op, OpResult};
 use crate::limits::{
@@ -39,19 +46,37 @@ static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 /// conditional writes). Anything else after the value is a syntax error, as in Redis.
 const SET_OPTIONS: &[&str] = &["NX", "XX", "GET", "EX", "PX", "EXAT", "PXAT", "KEEPTTL"];
 
+/// Redis's answer to a command that needs authentication, before it.
+const NOAUTH: &str = "NOAUTH Authentication required.";
+/// Redis's answer to a wrong password or an unknown user.
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+/// Redis's answer to `AUTH <password>` on a server without a password.
+const NO_PASSWORD: &str = "ERR AUTH <password> called without any password configured for the \
+                           default user. Are you sure your configuration is correct?";
+/// Redis's answer to `HELLO` without `AUTH` before authenticating (Redis 7.2's wording).
+const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already authenticated, \
+                            otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+                            authenticate the client and select the RESP protocol version at the \
+                            same time";
+
 /// Per-connection RESP state.
 pub struct Resp {
     facts: ServerFacts,
     id: u64,
     name: Option<Bytes>,
+    gate: Gate,
+    /// The command being answered is the last failed password attempt allowed: close after it.
+    closing: bool,
 }
 
 impl Resp {
-    pub fn new(facts: ServerFacts) -> Resp {
+    pub fn new(facts: ServerFacts, gate: Gate) -> Resp {
         Resp {
             facts,
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             name: None,
+            gate,
+            closing: false,
         }
     }
 }
@@ -168,9 +193,16 @@ impl<S: Store> Dialect<S> for Resp {
                     reply: simple("OK"),
                 }
             }
+            Ok(spec) if !self.gate.is_open() && !matches!(spec.cmd, Cmd::Auth | Cmd::Hello) => {
+                Slot::Ready(err(NOAUTH))
+            }
             Ok(spec) => self.command(spec, &args, store),
         };
-        Step::Request { slot, used }
+        if std::mem::take(&mut self.closing) {
+            Step::Final { slot, used }
+        } else {
+            Step::Request { slot, used }
+        }
     }
 
     fn need(&self, buf: &[u8]) -> usize {
@@ -318,7 +350,8 @@ impl Resp {
                 Some(_) => err("ERR DB index is out of range (kvs has database 0 only)"),
                 None => err("ERR value is not an integer or out of range"),
             }),
-            Cmd::Hello => ready(self.hello(args)),
+            Cmd::Hello => self.hello(args),
+            Cmd::Auth => self.auth(args),
             // QUIT closes the connection and is answered in `next`.
             Cmd::Quit => Slot::Ready(simple("OK")),
             Cmd::ClientSetname => ready(check_name(&args[2]).map(|name| {
@@ -387,20 +420,52 @@ impl Resp {
         i64::try_from(self.id).unwrap_or(i64::MAX)
     }
 
+    /// `AUTH [username] password`, whose arity (2 or more words) is checked.
+    fn auth(&mut self, args: &[Bytes]) -> Slot {
+        let (user, password) = match args {
+            [_, password] => (None, password),
+            [_, user, password] => (Some(&user[..]), password),
+            _ => return Slot::Ready(err("ERR syntax error")),
+        };
+        if user.is_none() && !self.gate.has_password() {
+            return Slot::Ready(err(NO_PASSWORD));
+        }
+        self.attempt(user, password)
+            .map_or_else(|refused| refused, |()| Slot::Ready(simple("OK")))
+    }
+
+    /// Passes `user` and `password` to the gate: `Err` holds the delayed `-WRONGPASS`.
+    fn attempt(&mut self, user: Option<&[u8]>, password: &[u8]) -> Result<(), Slot> {
+        match self.gate.attempt(user, password) {
+            Verdict::Accepted => Ok(()),
+            Verdict::Refused { until, close } => {
+                self.closing = close;
+                Err(delayed(err(WRONGPASS), until))
+            }
+        }
+    }
+
     /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`. Everything is checked
-    /// before anything changes.
-    fn hello(&mut self, args: &[Bytes]) -> Result<Vec<u8>, Vec<u8>> {
+    /// before anything changes; then `AUTH`, as in Redis.
+    fn hello(&mut self, args: &[Bytes]) -> Slot {
+        match self.hello_checked(args) {
+            Ok(reply) | Err(reply) => reply,
+        }
+    }
+
+    fn hello_checked(&mut self, args: &[Bytes]) -> Result<Slot, Slot> {
+        let refuse = |e: &str| Slot::Ready(err(e));
         let mut at = 1;
         if let Some(version) = args.get(1) {
             match parse_i64(version) {
                 Some(2) => {}
                 Some(_) => {
-                    return Err(err(
+                    return Err(refuse(
                         "NOPROTO unsupported protocol version (kvs speaks RESP2 only)",
                     ))
                 }
                 None => {
-                    return Err(err(
+                    return Err(refuse(
                         "ERR Protocol version is not an integer or out of range",
                     ))
                 }
@@ -408,28 +473,34 @@ impl Resp {
             at = 2;
         }
         let mut name = None;
+        let mut auth = None;
         while at < args.len() {
             let more = args.len() - 1 - at;
             let option = &args[at];
             if option.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
-                return Err(err(
-                    "ERR kvs has no users or passwords; HELLO AUTH is not supported",
-                ));
+                auth = Some((&args[at + 1], &args[at + 2]));
+                at += 3;
             } else if option.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
-                name = Some(check_name(&args[at + 1])?);
+                name = Some(check_name(&args[at + 1]).map_err(Slot::Ready)?);
                 at += 2;
             } else {
-                return Err(err(&format!(
+                return Err(refuse(&format!(
                     "ERR Syntax error in HELLO option '{}'",
                     String::from_utf8_lossy(option)
                 )));
             }
         }
+        if let Some((user, password)) = auth {
+            self.attempt(Some(user), password)?;
+        }
+        if !self.gate.is_open() {
+            return Err(refuse(NOAUTH_HELLO));
+        }
         if let Some(name) = name {
             self.name = name;
         }
         let text = |s: &str| Reply::Bulk(Some(Bytes::copy_from_slice(s.as_bytes())));
-        Ok(encoded(&Reply::Array(Some(vec![
+        Ok(Slot::Ready(encoded(&Reply::Array(Some(vec![
             text("server"),
             text("kvs"),
             text("version"),
@@ -444,7 +515,7 @@ impl Resp {
             text("master"),
             text("modules"),
             Reply::Array(Some(Vec::new())),
-        ]))))
+        ])))))
     }
 }
 

@@ -14,6 +14,7 @@ use crate::io_backend::IoBackendKind;
 use crate::limits::FRAME_BYTES_MAX;
 use crate::protocol::resp::{encode_command, parse_reply};
 use crate::protocol::{PartitionStats, StatsReport};
+use crate::server::auth::AuthConfig;
 use crate::server::router::{LocalBoxFuture, Started};
 
 /// A store in a `BTreeMap`, with a count of operations started.
@@ -107,6 +108,12 @@ fn converse_in(dialect: &mut Resp, store: &MemStore, chunks: &[&[u8]]) -> Outcom
                         buf.drain(..n);
                         slots.push(slot);
                     }
+                    Step::Final { slot, used: n } => {
+                        used += n;
+                        slots.push(slot);
+                        closed = true;
+                        break 'reading;
+                    }
                     Step::Fatal { reply } => {
                         slots.push(Slot::Ready(reply));
                         closed = true;
@@ -122,6 +129,10 @@ fn converse_in(dialect: &mut Resp, store: &MemStore, chunks: &[&[u8]]) -> Outcom
                 Slot::Done { result, encode } => encode(result, &mut sent),
                 Slot::Wait { rx, encode, .. } => encode(rx.await.unwrap(), &mut sent),
                 Slot::Task(handle, _) => sent.extend_from_slice(&handle.await.unwrap()),
+                Slot::Delayed { bytes, until } => {
+                    tokio::time::sleep_until(until).await;
+                    sent.extend_from_slice(&bytes);
+                }
                 Slot::Close => closed = true,
             }
         }
@@ -129,8 +140,13 @@ fn converse_in(dialect: &mut Resp, store: &MemStore, chunks: &[&[u8]]) -> Outcom
     })
 }
 
+/// A connection to a server without a password.
+fn resp() -> Resp {
+    Resp::new(facts(), Gate::new(AuthConfig::default()))
+}
+
 fn converse(store: &MemStore, input: &[u8]) -> Outcome {
-    converse_in(&mut Resp::new(facts()), store, &[input])
+    converse_in(&mut resp(), store, &[input])
 }
 
 fn cmd(args: &[&[u8]]) -> Vec<u8> {
@@ -340,11 +356,11 @@ fn pipelined_and_inline_commands_answer_in_order_however_the_bytes_arrive() {
     assert_eq!(replies(&whole.sent), expected);
     assert_eq!((whole.used, whole.closed), (input.len(), false));
     let bytes: Vec<&[u8]> = input.chunks(1).collect();
-    let trickled = converse_in(&mut Resp::new(facts()), &MemStore::default(), &bytes);
+    let trickled = converse_in(&mut resp(), &MemStore::default(), &bytes);
     assert_eq!(trickled, whole);
     let halves: Vec<&[u8]> = input.chunks(input.len() / 2 + 1).collect();
     assert_eq!(
-        converse_in(&mut Resp::new(facts()), &MemStore::default(), &halves),
+        converse_in(&mut resp(), &MemStore::default(), &halves),
         whole
     );
 }
@@ -366,8 +382,8 @@ fn quit_answers_ok_and_nothing_after_it_runs() {
 fn client_names_belong_to_one_connection_and_are_checked() {
     // Guards against a name leaking between connections, or names that break CLIENT LIST lines.
     let store = MemStore::default();
-    let mut first = Resp::new(facts());
-    let mut second = Resp::new(facts());
+    let mut first = resp();
+    let mut second = resp();
     let talk = |d: &mut Resp, args: &[&[u8]]| {
         replies(&converse_in(d, &store, &[&cmd(args)]).sent).remove(0)
     };
@@ -421,7 +437,7 @@ fn client_names_belong_to_one_connection_and_are_checked() {
 fn hello_speaks_resp2_and_refuses_resp3() {
     // Guards against a RESP3 client believing it got RESP3.
     let store = MemStore::default();
-    let mut d = Resp::new(facts());
+    let mut d = resp();
     let mut talk =
         |args: &[&[u8]]| replies(&converse_in(&mut d, &store, &[&cmd(args)]).sent).remove(0);
     let Reply::Array(Some(map)) = talk(&[b"HELLO", b"2", b"SETNAME", b"me"]) else {
@@ -447,8 +463,9 @@ fn hello_speaks_resp2_and_refuses_resp3() {
         talk(&[b"HELLO", b"2", b"SETNAME"]),
         error("ERR Syntax error in HELLO option 'SETNAME'")
     );
-    assert!(
-        matches!(talk(&[b"HELLO", b"2", b"AUTH", b"u", b"p"]), Reply::Error(e) if e.contains("AUTH is not supported"))
+    assert_eq!(
+        talk(&[b"HELLO", b"2", b"AUTH", b"u", b"p"]),
+        error("WRONGPASS invalid username-password pair or user is disabled.")
     );
     assert_eq!(
         talk(&[b"HELLO", b"2", b"SETNAME", b"a b"]),
@@ -556,4 +573,225 @@ fn unknown_commands_and_wrong_arity_use_redis_wording() {
         error("ERR wrong number of arguments for 'config|get' command")
     );
     assert_eq!(*store.calls.borrow(), 0);
+}
+
+// ---- passwords ---------------------------------------------------------------------------------
+
+/// A connection to a server whose password is `s3cret`, failures delayed from `first_ms`.
+fn locked(first_ms: u64) -> Resp {
+    Resp::new(
+        facts(),
+        Gate::new(AuthConfig {
+            password: Some(std::sync::Arc::new(
+                crate::auth::Password::new("s3cret").unwrap(),
+            )),
+            fail_delay: Duration::from_millis(first_ms),
+        }),
+    )
+}
+
+const WRONGPASS_TEXT: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+#[test]
+fn nothing_but_auth_hello_and_quit_is_served_before_the_password() {
+    // Guards against any command but AUTH, HELLO and QUIT being served before the password.
+    let store = MemStore::default();
+    let mut d = locked(1);
+    let mut talk =
+        |args: &[&[u8]]| replies(&converse_in(&mut d, &store, &[&cmd(args)]).sent).remove(0);
+    let noauth = error("NOAUTH Authentication required.");
+    for args in [
+        &[&b"GET"[..], b"k"][..],
+        &[b"SET", b"k", b"v"],
+        &[b"PING"],
+        &[b"DBSIZE"],
+        &[b"INFO"],
+        &[b"COMMAND"],
+        &[b"CLIENT", b"GETNAME"],
+        &[b"CONFIG", b"GET", b"*"],
+        &[b"SELECT", b"0"],
+    ] {
+        assert_eq!(talk(args), noauth, "{args:?}");
+    }
+    assert_eq!(*store.calls.borrow(), 0);
+    // Unknown commands and wrong arities are reported before authentication, as Redis does.
+    assert_eq!(
+        talk(&[b"NOSUCH", b"a"]),
+        error("ERR unknown command 'NOSUCH', with args beginning with: 'a' ")
+    );
+    assert_eq!(
+        talk(&[b"GET"]),
+        error("ERR wrong number of arguments for 'get' command")
+    );
+    assert_eq!(
+        talk(&[b"AUTH"]),
+        error("ERR wrong number of arguments for 'auth' command")
+    );
+    assert_eq!(
+        talk(&[b"AUTH", b"a", b"b", b"c"]),
+        error("ERR syntax error")
+    );
+    assert_eq!(
+        talk(&[b"HELLO"]),
+        error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+             HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+             select the RESP protocol version at the same time"
+        )
+    );
+    assert!(matches!(talk(&[b"HELLO", b"3"]), Reply::Error(e) if e.starts_with("NOPROTO")));
+    assert_eq!(talk(&[b"GET", b"k"]), noauth, "still locked");
+}
+
+#[test]
+fn auth_accepts_the_password_alone_or_for_the_default_user() {
+    // Guards against `AUTH pw` or `AUTH default pw` refused, or another user let in.
+    let store = MemStore::default();
+    for good in [
+        &[&b"AUTH"[..], b"s3cret"][..],
+        &[b"auth", b"default", b"s3cret"],
+    ] {
+        let mut d = locked(1);
+        let mut talk =
+            |args: &[&[u8]]| replies(&converse_in(&mut d, &store, &[&cmd(args)]).sent).remove(0);
+        assert_eq!(talk(good), ok(), "{good:?}");
+        assert_eq!(talk(&[b"SET", b"k", b"v"]), ok());
+        assert_eq!(talk(&[b"GET", b"k"]), value(b"v"));
+        // A wrong password afterwards is refused but does not lock the connection again.
+        assert_eq!(talk(&[b"AUTH", b"nope"]), error(WRONGPASS_TEXT));
+        assert_eq!(talk(&[b"GET", b"k"]), value(b"v"));
+    }
+    let mut d = locked(1);
+    let mut talk =
+        |args: &[&[u8]]| replies(&converse_in(&mut d, &store, &[&cmd(args)]).sent).remove(0);
+    for bad in [
+        &[&b"AUTH"[..], b"nope"][..],
+        &[b"AUTH", b"S3CRET"],
+        &[b"AUTH", b"s3cret\0"],
+        &[b"AUTH", b"default", b"nope"],
+        &[b"AUTH", b"bob", b"s3cret"],
+        &[b"AUTH", b"DEFAULT", b"s3cret"],
+        &[b"AUTH", &[b'x'; 4096]],
+    ] {
+        assert_eq!(talk(bad), error(WRONGPASS_TEXT), "{bad:?}");
+    }
+    assert_eq!(
+        talk(&[b"GET", b"k"]),
+        error("NOAUTH Authentication required.")
+    );
+}
+
+#[test]
+fn hello_auth_authenticates_then_answers_as_hello_2() {
+    // Guards against HELLO 2 AUTH refused, or a wrong one changing anything.
+    let store = MemStore::default();
+    let mut d = locked(1);
+    let mut talk =
+        |args: &[&[u8]]| replies(&converse_in(&mut d, &store, &[&cmd(args)]).sent).remove(0);
+    assert_eq!(
+        talk(&[b"HELLO", b"2", b"AUTH", b"default", b"nope", b"SETNAME", b"x"]),
+        error(WRONGPASS_TEXT)
+    );
+    assert_eq!(
+        talk(&[b"HELLO", b"2", b"AUTH", b"bob", b"s3cret"]),
+        error(WRONGPASS_TEXT)
+    );
+    assert_eq!(
+        talk(&[b"HELLO", b"2", b"AUTH", b"default"]),
+        error("ERR Syntax error in HELLO option 'AUTH'")
+    );
+    // The protocol version is checked first, and a refused HELLO authenticates nobody.
+    assert!(matches!(
+        talk(&[b"HELLO", b"3", b"AUTH", b"default", b"s3cret"]),
+        Reply::Error(e) if e.starts_with("NOPROTO")
+    ));
+    assert_eq!(talk(&[b"PING"]), error("NOAUTH Authentication required."));
+    let Reply::Array(Some(map)) = talk(&[
+        b"HELLO", b"2", b"AUTH", b"default", b"s3cret", b"SETNAME", b"me",
+    ]) else {
+        panic!()
+    };
+    assert_eq!(map.len(), 14);
+    assert!(map.contains(&Reply::Integer(2)));
+    assert_eq!(talk(&[b"CLIENT", b"GETNAME"]), value(b"me"));
+    assert_eq!(talk(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert!(matches!(talk(&[b"HELLO"]), Reply::Array(Some(m)) if m.len() == 14));
+}
+
+#[test]
+fn auth_without_a_server_password_answers_as_redis_does() {
+    // Guards against AUTH without a server password answering otherwise than Redis does.
+    let store = MemStore::default();
+    assert_eq!(
+        one(&store, &[b"AUTH", b"anything"]),
+        error(
+            "ERR AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?"
+        )
+    );
+    assert_eq!(one(&store, &[b"AUTH", b"default", b"anything"]), ok());
+    assert_eq!(
+        one(&store, &[b"AUTH", b"bob", b"anything"]),
+        error(WRONGPASS_TEXT)
+    );
+    assert!(matches!(
+        one(&store, &[b"HELLO", b"2", b"AUTH", b"default", b"x"]),
+        Reply::Array(Some(_))
+    ));
+}
+
+#[test]
+fn failed_attempts_are_answered_late_in_order_and_the_tenth_closes() {
+    // Guards against guesses answered at full speed or out of order, or guessing forever.
+    let store = MemStore::default();
+    let mut d = locked(40);
+    let mut input = cmd(&[b"AUTH", b"nope"]);
+    input.extend(cmd(&[b"GET", b"k"]));
+    let started = Instant::now();
+    let outcome = converse_in(&mut d, &store, &[&input]);
+    assert!(started.elapsed() >= Duration::from_millis(40));
+    assert_eq!(
+        replies(&outcome.sent),
+        [
+            error(WRONGPASS_TEXT),
+            error("NOAUTH Authentication required.")
+        ]
+    );
+    assert!(!outcome.closed);
+    // Eight more pipelined guesses (failures 2 to 9): each waits for the one before, so
+    // together at least 80 + 160 + 320 + 400 * 5 ms.
+    let mut input = Vec::new();
+    for _ in 2..=9 {
+        input.extend(cmd(&[b"AUTH", b"nope"]));
+    }
+    let started = Instant::now();
+    let outcome = converse_in(&mut d, &store, &[&input]);
+    assert!(started.elapsed() >= Duration::from_millis(2560));
+    assert_eq!(replies(&outcome.sent).len(), 8);
+    assert!(!outcome.closed);
+    // The tenth failure is answered, then the connection closes: the command after it is not.
+    let mut input = cmd(&[b"AUTH", b"nope"]);
+    input.extend(cmd(&[b"AUTH", b"s3cret"]));
+    let outcome = converse_in(&mut d, &store, &[&input]);
+    assert_eq!(replies(&outcome.sent), [error(WRONGPASS_TEXT)]);
+    assert!(outcome.closed);
+    assert_eq!(outcome.used, cmd(&[b"AUTH", b"nope"]).len());
+}
+
+#[test]
+fn command_lists_auth_and_hello_documents_its_auth_option() {
+    // Guards against redis-cli hints and COMMAND DOCS that do not know AUTH.
+    let store = MemStore::default();
+    let Reply::Array(Some(docs)) = one(&store, &[b"COMMAND", b"DOCS", b"auth"]) else {
+        panic!()
+    };
+    assert_eq!(docs[0], value(b"auth"));
+    let Reply::Array(Some(info)) = one(&store, &[b"COMMAND", b"INFO", b"auth"]) else {
+        panic!()
+    };
+    let Reply::Array(Some(entry)) = &info[0] else {
+        panic!()
+    };
+    assert_eq!(entry[0], value(b"auth"));
+    assert_eq!(entry[1], Reply::Integer(-2));
 }
