@@ -447,6 +447,18 @@ fn zero_records(seg: &Path, from: usize, to: usize) -> usize {
     start
 }
 
+/// Opens a partition, sets `key{i:02}` to `value{i:02}` for `i` below `n` (one batch each),
+/// and closes it.
+async fn write_numbered_keys<D: Disk>(disk: &D, c: &PartitionConfig, n: usize) {
+    let p = open(disk, c.clone()).await;
+    for i in 0..n {
+        p.set(b(format!("key{i:02}")), b(format!("value{i:02}")))
+            .await
+            .unwrap();
+    }
+    p.close().await;
+}
+
 fn one_segment_cfg(dir: &Path, fsync: super::durability::FsyncPolicy) -> PartitionConfig {
     let mut c = cfg(dir);
     c.segment_bytes = 1 << 20;
@@ -459,15 +471,7 @@ fn one_segment_cfg(dir: &Path, fsync: super::durability::FsyncPolicy) -> Partiti
 // write but not earlier ones: nothing there was ever durable, so it is a torn tail.
 async fn gap_in_never_synced_writes_is_a_torn_tail<D: Disk>(disk: D, dir: &Path) {
     let c = one_segment_cfg(dir, super::durability::FsyncPolicy::Never);
-    {
-        let p = open(&disk, c.clone()).await;
-        for i in 0..30 {
-            p.set(b(format!("key{i:02}")), b(format!("value{i:02}")))
-                .await
-                .unwrap();
-        }
-        p.close().await;
-    }
+    write_numbered_keys(&disk, &c, 30).await;
     let seg = newest_segment(dir);
     let gap = zero_records(&seg, 10, 13);
     let p = open(&disk, c.clone()).await;
@@ -541,15 +545,7 @@ async fn sync_marks_tell_lost_durable_writes_from_unsynced_gaps<D: Disk>(disk: D
     std::fs::remove_dir_all(dir).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let c = one_segment_cfg(dir, FsyncPolicy::Always);
-    {
-        let p = open(&disk, c.clone()).await;
-        for i in 0..30 {
-            p.set(b(format!("key{i:02}")), b(format!("value{i:02}")))
-                .await
-                .unwrap();
-        }
-        p.close().await;
-    }
+    write_numbered_keys(&disk, &c, 30).await;
     zero_records(&newest_segment(dir), 27, 28);
     match Partition::open(disk.clone(), c).await {
         Err(KvsError::Corrupt { reason, .. }) => {
