@@ -32,7 +32,7 @@ const KVS_BOUND_MIB: u64 = 256;
 /// The bound for never-reading GET connections: the limits are per connection (32 MiB of
 /// requests and values being read in flight, 16 MiB of responses queued, and the copies around
 /// them), so the server's memory grows with the number of such connections, not with what they
-/// ask for. 1, 4 and 8 connections peaked at 57, 235 to 342, and 371 MiB (debug build).
+/// ask for. 1, 4 and 8 connections peaked at 57, 169 to 342, and 371 MiB (debug build).
 fn kvs_get_bound_mib(conns: usize) -> u64 {
     64 + 80 * conns as u64
 }
@@ -237,7 +237,7 @@ fn a_never_reading_get_client_side_by_side() {
     let gets = count(64, 512);
     let cap = gets * frame.len() as u64;
     let within = Duration::from_secs(count(5, 20));
-    let asked_mib = gets * GET_CONNS as u64 * BIG_VALUE_BYTES as u64 >> 20;
+    let asked_mib = (gets * GET_CONNS as u64 * BIG_VALUE_BYTES as u64) >> 20;
     let bound = kvs_get_bound_mib(GET_CONNS);
     let mut over = Vec::new();
     let mut line = format!(
