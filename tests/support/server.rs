@@ -363,39 +363,54 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// A `redis-server` for comparisons: no persistence, loopback only, in a temporary
-/// directory. Killed when dropped.
+/// A `redis-server` for comparisons: loopback only, by default without persistence in a
+/// temporary directory. Killed when dropped.
 pub struct RedisServer {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
-    /// Starts `redis-server` on a free port; a few attempts, since the port is chosen (by
-    /// binding port 0 and releasing it) before redis-server binds it.
+    /// Starts `redis-server` without persistence on a free port.
     pub fn start(binary: &Path) -> RedisServer {
+        RedisServer::start_with(binary, None, &["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts `redis-server` on a free port in `dir` (a fresh temporary directory if `None`)
+    /// with extra arguments.
+    pub fn start_with(binary: &Path, dir: Option<&Path>, extra: &[&str]) -> RedisServer {
+        RedisServer::try_start_with(binary, dir, extra)
+            .expect("redis-server did not start in five attempts")
+    }
+
+    /// [`RedisServer::start_with`], or `None` if redis-server exited before accepting
+    /// connections on each of a few attempts (the port is chosen, by binding port 0 and
+    /// releasing it, before redis-server binds it; or redis-server refused to start).
+    pub fn try_start_with(
+        binary: &Path,
+        dir: Option<&Path>,
+        extra: &[&str],
+    ) -> Option<RedisServer> {
         for _ in 0..5 {
-            let dir = tempfile::tempdir().expect("temporary directory");
+            let temp = match dir {
+                Some(_) => None,
+                None => Some(tempfile::tempdir().expect("temporary directory")),
+            };
+            let path = dir
+                .unwrap_or_else(|| temp.as_ref().unwrap().path())
+                .to_owned();
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port();
             let mut child = Command::new(binary)
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--daemonize", "no", "--protected-mode", "no"])
+                .args(extra)
                 .arg("--dir")
-                .arg(dir.path())
+                .arg(&path)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -405,11 +420,11 @@ impl RedisServer {
             let deadline = Instant::now() + START_TIMEOUT;
             loop {
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return RedisServer {
+                    return Some(RedisServer {
                         child,
                         port,
-                        _dir: dir,
-                    };
+                        _dir: temp,
+                    });
                 }
                 // Exited: most likely the port was taken in between; try another.
                 if !matches!(child.try_wait(), Ok(None)) {
@@ -422,11 +437,38 @@ impl RedisServer {
                 std::thread::yield_now();
             }
         }
-        panic!("redis-server did not start in five attempts");
+        None
     }
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM (Redis then flushes its append-only file) and waits for the exit, at most
+    /// `within`.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not exit within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
