@@ -5,9 +5,9 @@
 //! printed on a `side by side:` line, so this suite never depends on how Redis behaves. Without
 //! `redis-server` the Redis half is skipped with a reason.
 //!
-//! The last test runs the worst never-reading case with kvs-server inside a cgroup v2 memory
-//! cgroup whose `memory.max` is the stated bound, where the machine allows it (root, cgroup v2,
-//! a delegable memory controller); elsewhere it says why it is skipped.
+//! The last test runs the worst never-reading case with kvs-server inside a memory cgroup
+//! limited to the stated bound, where the machine allows it (root; cgroup v2 with a delegable
+//! memory controller, or a cgroup v1 memory hierarchy); elsewhere it says why it is skipped.
 //!
 //! The CI run keeps each flood small. `KVS_SIDE_LONG=1` sends more (and lets Redis buffer
 //! gigabytes, so mind the machine).
@@ -560,10 +560,34 @@ fn a_bit_flipped_in_a_stored_value_side_by_side() {
     println!("{line}");
 }
 
-/// A cgroup v2 directory the test made; removed (once empty) when dropped.
-struct Cgroup(PathBuf);
+/// A memory cgroup directory the test made (cgroup v2, or v1 where that is what the machine
+/// has); removed (once empty) when dropped.
+struct Cgroup(PathBuf, CgroupVersion);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CgroupVersion {
+    V1,
+    V2,
+}
 
 impl Cgroup {
+    /// The peak memory charged to the cgroup, in bytes.
+    fn peak(&self) -> Option<u64> {
+        let file = match self.1 {
+            CgroupVersion::V2 => "memory.peak",
+            CgroupVersion::V1 => "memory.max_usage_in_bytes",
+        };
+        self.read(file).and_then(|v| v.trim().parse().ok())
+    }
+
+    /// How many processes of the cgroup the OOM killer killed.
+    fn oom_kills(&self) -> Option<u64> {
+        match self.1 {
+            CgroupVersion::V2 => self.field("memory.events", "oom_kill"),
+            CgroupVersion::V1 => self.field("memory.oom_control", "oom_kill"),
+        }
+    }
+
     fn read(&self, file: &str) -> Option<String> {
         std::fs::read_to_string(self.0.join(file)).ok()
     }
@@ -594,8 +618,64 @@ impl Drop for Cgroup {
     }
 }
 
-/// A fresh cgroup v2 child of the root with the memory controller, or why there is none.
+/// A fresh memory cgroup limited to `max_bytes` (cgroup v2, else v1), or why there is none.
 fn memory_cgroup(max_bytes: u64) -> Result<Cgroup, String> {
+    memory_cgroup_v2(max_bytes).or_else(|v2| {
+        memory_cgroup_v1(max_bytes).map_err(|v1| format!("cgroup v2: {v2}; cgroup v1: {v1}"))
+    })
+}
+
+/// A fresh child of this process's own cgroup v1 memory cgroup, limited to `max_bytes`
+/// without swap.
+fn memory_cgroup_v1(max_bytes: u64) -> Result<Cgroup, String> {
+    let root = Path::new("/sys/fs/cgroup/memory");
+    if !root.join("memory.limit_in_bytes").exists() {
+        return Err("no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory".into());
+    }
+    // Nested under the cgroup this process is in, so that the test stays inside whatever
+    // limits it was given.
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.trim_start_matches('/').to_owned())
+        })
+        .ok_or("this process is in no cgroup v1 memory cgroup")?;
+    let parent = root.join(own);
+    if !parent.join("memory.limit_in_bytes").exists() {
+        return Err(format!(
+            "this process's memory cgroup {} is not visible here",
+            parent.display()
+        ));
+    }
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = parent.join(format!("kvs-test-{}-{n}", std::process::id()));
+    std::fs::create_dir(&path).map_err(|e| {
+        format!(
+            "cannot create a cgroup under {} (not root?): {e}",
+            parent.display()
+        )
+    })?;
+    let cg = Cgroup(path, CgroupVersion::V1);
+    std::fs::write(cg.0.join("memory.limit_in_bytes"), max_bytes.to_string())
+        .map_err(|e| format!("cannot set memory.limit_in_bytes: {e}"))?;
+    // Memory plus swap at the same limit: no swap, so the bound is on memory.
+    let memsw = cg.0.join("memory.memsw.limit_in_bytes");
+    if memsw.exists() {
+        std::fs::write(memsw, max_bytes.to_string())
+            .map_err(|e| format!("cannot set memory.memsw.limit_in_bytes: {e}"))?;
+    }
+    Ok(cg)
+}
+
+/// A fresh cgroup v2 child of the root with the memory controller, or why there is none.
+fn memory_cgroup_v2(max_bytes: u64) -> Result<Cgroup, String> {
     let root = Path::new("/sys/fs/cgroup");
     let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).map_err(|e| {
         format!("no cgroup v2 hierarchy at /sys/fs/cgroup ({e}; a cgroup v1 or hybrid machine)")
@@ -620,7 +700,7 @@ fn memory_cgroup(max_bytes: u64) -> Result<Cgroup, String> {
     let path = root.join(format!("kvs-test-{}-{n}", std::process::id()));
     std::fs::create_dir(&path)
         .map_err(|e| format!("cannot create a cgroup under /sys/fs/cgroup (not root?): {e}"))?;
-    let cg = Cgroup(path);
+    let cg = Cgroup(path, CgroupVersion::V2);
     std::fs::write(cg.0.join("memory.max"), max_bytes.to_string())
         .map_err(|e| format!("cannot set memory.max: {e}"))?;
     // No swap, so that the bound is on memory, not on memory plus what was swapped out.
@@ -660,13 +740,11 @@ fn the_worst_never_reading_client_inside_a_memory_cgroup() {
         64 << 20,
         Duration::from_secs(count(5, 30)),
     );
-    let oom_kills = cg.field("memory.events", "oom_kill");
-    let peak = cg
-        .read("memory.peak")
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let oom_kills = cg.oom_kills();
+    let peak = cg.peak();
     let alive = matches!(server.child.try_wait(), Ok(None));
     println!(
-        "side by side: kvs in a memory cgroup (memory.max {bound} MiB), never-reading uncached GETs on {GET_CONNS} connections: took {} KiB of GETs ({} GETs), memory.peak {}, VmHWM {} MiB, oom_kill {}, {}",
+        "side by side: kvs in a memory cgroup (limit {bound} MiB), never-reading uncached GETs on {GET_CONNS} connections: took {} KiB of GETs ({} GETs), cgroup peak {}, VmHWM {} MiB, oom_kill {}, {}",
         f.sent >> 10,
         f.sent / frame.len() as u64,
         peak.map_or("not reported by this kernel".to_owned(), |p| format!("{} MiB", p >> 20)),
@@ -676,7 +754,7 @@ fn the_worst_never_reading_client_inside_a_memory_cgroup() {
     );
     assert!(
         alive,
-        "kvs-server exited under memory.max {bound} MiB; log:\n{}",
+        "kvs-server exited under a {bound} MiB memory limit; log:\n{}",
         server.log()
     );
     assert_eq!(oom_kills, Some(0), "the OOM killer ran in the test cgroup");
