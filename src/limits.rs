@@ -30,6 +30,9 @@ pub const AUTH_FAIL_DELAY_GROWTH_MAX: u32 = 10;
 /// Failed password attempts a connection may make; the server closes it after the last
 /// one's (delayed) answer.
 pub const AUTH_FAILURES_MAX: u32 = 10;
+/// A worker releases at most one failed attempt's answer per `fail_delay / this`, across all
+/// its connections (10 a second per worker at the default delay).
+pub const AUTH_FAIL_SPACING_DIVISOR: u32 = 2;
 
 /// Size at which a segment is sealed and a new one started, in bytes.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;

@@ -10,6 +10,11 @@
 //! queue: the worker thread and other connections go on meanwhile. After
 //! [`AUTH_FAILURES_MAX`] failures the connection is closed once the last answer is out. A
 //! server shutdown does not wait for a held-back answer; it closes the connection.
+//!
+//! Failures are also spaced per worker, across all its connections: a worker releases at most
+//! one failed attempt's answer every [`AUTH_FAIL_SPACING_DIVISOR`]-th of `fail_delay` (10 a
+//! second at the default 200 ms), so opening many connections does not multiply an attacker's
+//! guessing rate. A right password is answered at once, whatever the queue of failures.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +23,24 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::auth::Password;
-use crate::limits::{AUTH_FAILURES_MAX, AUTH_FAIL_DELAY_GROWTH_MAX, AUTH_FAIL_DELAY_MS};
+use crate::limits::{
+    AUTH_FAILURES_MAX, AUTH_FAIL_DELAY_GROWTH_MAX, AUTH_FAIL_DELAY_MS, AUTH_FAIL_SPACING_DIVISOR,
+};
+
+thread_local! {
+    /// The earliest time this worker thread releases its next failed attempt's answer.
+    static NEXT_FAILURE_SLOT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Takes this worker's next slot for a failed attempt's answer: no earlier than `now`, and
+/// `spacing` after the slot taken before it.
+fn worker_failure_slot(now: Instant, spacing: Duration) -> Instant {
+    NEXT_FAILURE_SLOT.with(|next| {
+        let slot = next.get().map_or(now, |n| n.max(now));
+        next.set(Some(slot + spacing));
+        slot
+    })
+}
 
 /// The RESP user whose password the server's password is (Redis's `default` user).
 pub const DEFAULT_USER: &[u8] = b"default";
@@ -118,8 +140,9 @@ impl Gate {
             return Verdict::Accepted;
         }
         self.failures = self.failures.saturating_add(1);
-        self.released =
-            self.released.max(Instant::now()) + fail_delay(self.config.fail_delay, self.failures);
+        let now = Instant::now();
+        let slot = worker_failure_slot(now, self.config.fail_delay / AUTH_FAIL_SPACING_DIVISOR);
+        self.released = self.released.max(slot) + fail_delay(self.config.fail_delay, self.failures);
         let close = self.failures >= AUTH_FAILURES_MAX;
         if close {
             tracing::warn!(
@@ -229,6 +252,32 @@ mod tests {
         }
         assert_eq!(closes.iter().filter(|c| **c).count(), 1);
         assert_eq!(closes.last(), Some(&true));
+    }
+
+    #[test]
+    fn failures_on_many_connections_of_a_worker_are_spaced_out() {
+        // Guards against an attacker multiplying its guessing rate by opening connections: the
+        // first failure of each of 20 fresh connections on one thread is released a spacing
+        // after the one before, while the right password is accepted at once.
+        let config = with_password("s3cret", 100);
+        let spacing = Duration::from_millis(100) / AUTH_FAIL_SPACING_DIVISOR;
+        let start = Instant::now();
+        let releases: Vec<Instant> = (0..20)
+            .map(
+                |_| match Gate::new(config.clone()).attempt(None, b"guess") {
+                    Verdict::Refused { until, .. } => until,
+                    Verdict::Accepted => panic!("a wrong password was accepted"),
+                },
+            )
+            .collect();
+        for pair in releases.windows(2) {
+            assert!(pair[1] - pair[0] >= spacing, "{:?}", pair[1] - pair[0]);
+        }
+        assert!(releases[19] - start >= spacing * 19 + Duration::from_millis(100));
+        assert_eq!(
+            Gate::new(config).attempt(None, b"s3cret"),
+            Verdict::Accepted
+        );
     }
 
     #[test]
