@@ -79,7 +79,26 @@ pub fn probe() -> io::Result<()> {
 
 /// Builds a tokio-uring runtime with the ring size [`probe`] checked. Unlike
 /// `tokio_uring::start`, which panics, a refused ring setup comes back as an error.
+///
+/// The ring is set up with `IORING_SETUP_COOP_TASKRUN` (Linux 5.19 on): a completion for a
+/// worker that is running is not delivered by an inter-processor interrupt that stops it, but
+/// when the worker next enters the kernel, which a worker does at every park (a sleeping worker
+/// is woken as before). Where the kernel refuses the flag (EINVAL), the ring is set up without
+/// it. `KVS_URING_COOP_TASKRUN=0` leaves it off, to compare.
 pub fn runtime() -> io::Result<tokio_uring::Runtime> {
+    let coop = std::env::var_os("KVS_URING_COOP_TASKRUN").is_none_or(|v| v != "0");
+    if coop {
+        let mut ring = tokio_uring::uring_builder();
+        ring.setup_coop_taskrun();
+        match tokio_uring::Runtime::new(
+            tokio_uring::builder()
+                .entries(URING_ENTRIES)
+                .uring_builder(&ring),
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            other => return other.map_err(setup_error),
+        }
+    }
     tokio_uring::Runtime::new(tokio_uring::builder().entries(URING_ENTRIES)).map_err(setup_error)
 }
 
