@@ -14,6 +14,12 @@
 //!
 //! The CI run keeps to a few seconds per attack. `KVS_HOSTILE_LONG=1` runs the full counts
 //! (100,000 pipelined 64 KiB SETs, 10,000 idle connections, longer measurements).
+//!
+//! `KVS_HOSTILE_PINNED=1` measures fairness the way the benchmarks measure speed: the server
+//! runs one worker pinned to CPU 0 (`--cores 1`), and the attacker and the well-behaved client
+//! run on CPU 1, so the attacker's own work does not take the server's core. Run it on a
+//! release build: `KVS_HOSTILE_PINNED=1 cargo test --release --test hostile -- --nocapture
+//! --test-threads 1` (`ci/hostile-fairness.sh`).
 
 mod support;
 
@@ -46,6 +52,37 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn pinned() -> bool {
+    std::env::var_os("KVS_HOSTILE_PINNED").is_some_and(|v| v != "0")
+}
+
+/// Pins the calling thread to `cpu`; returns the mask it had, for [`restore_cpus`].
+fn pin_thread(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain data, and sched_{get,set}affinity with pid 0 act on the
+    // calling thread through valid pointers of the right size.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut old), 0);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size, &set),
+            0,
+            "pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+        old
+    }
+}
+
+fn restore_cpus(old: &libc::cpu_set_t) {
+    // SAFETY: as in pin_thread.
+    unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), old);
+    }
 }
 
 fn long_run() -> bool {
@@ -90,13 +127,16 @@ fn mib(kib: u64) -> u64 {
 }
 
 fn start_server(dir: &std::path::Path, io: &str, extra: &[&str]) -> Server {
-    let mut builder = ServerBuilder::new(dir).io(io).args([
-        "--cores",
-        "2",
-        "--no-pin",
-        "--cache-bytes",
-        CACHE_BYTES,
-    ]);
+    // Pinned: one worker, which the server pins to CPU 0 itself.
+    let cores: &[&str] = if pinned() {
+        &["--cores", "1"]
+    } else {
+        &["--cores", "2", "--no-pin"]
+    };
+    let mut builder = ServerBuilder::new(dir)
+        .io(io)
+        .args(cores.iter().copied())
+        .args(["--cache-bytes", CACHE_BYTES]);
     for a in extra {
         builder = builder.arg(*a);
     }
@@ -213,13 +253,21 @@ where
 {
     let addr = server.addr;
     let pid = server.child.id();
+    // The server was started before this, with every CPU; its worker pinned itself to CPU 0.
+    let client_cpus = pinned().then(|| pin_thread(1));
     let quiet = median_p99(addr);
     let rss_base_kib = status_kib(pid, "VmRSS");
     let ready = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let attacker = {
         let (ready, stop) = (ready.clone(), stop.clone());
-        std::thread::spawn(move || attack(addr, ready, stop))
+        let pin = client_cpus.is_some();
+        std::thread::spawn(move || {
+            if pin {
+                pin_thread(1);
+            }
+            attack(addr, ready, stop)
+        })
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     while !ready.load(Ordering::Acquire) && !attacker.is_finished() {
@@ -232,6 +280,9 @@ where
     let attacked = median_p99(addr);
     stop.store(true, Ordering::Release);
     let attacks = attacker.join().expect("the attacker thread");
+    if let Some(old) = &client_cpus {
+        restore_cpus(old);
+    }
     let hwm_kib = status_kib(pid, "VmHWM");
     assert!(
         matches!(server.child.try_wait(), Ok(None)),
