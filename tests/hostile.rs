@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kvs::protocol::{encode_client_hello, encode_request, ErrorKind, Request, Response};
 use support::native::NativeConn;
-use support::server::{io_backends, Server, ServerBuilder};
+use support::server::{io_backends, mib, status_kib, Server, ServerBuilder};
 
 /// A test fails when the attacked p99 is more than this many times the quiet p99 *and* more
 /// than [`LATENCY_FLOOR`]: a bound meant to catch a server that stops serving others, not to
@@ -111,19 +111,6 @@ fn backends(pick: usize) -> Vec<&'static str> {
 
 fn raise_nofile() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
-}
-
-/// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn mib(kib: u64) -> u64 {
-    kib / 1024
 }
 
 fn start_server(dir: &std::path::Path, io: &str, extra: &[&str]) -> Server {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kvs::protocol::resp::{encode_command, Reply};
-use support::server::{free_addr, redis_tool, RedisServer, Server, ServerBuilder};
+use support::server::{free_addr, mib, redis_tool, status_kib, RedisServer, Server, ServerBuilder};
 use support::wire::RespClient;
 
 /// The peak resident memory kvs-server must stay under with one never-reading SET connection
@@ -62,19 +62,6 @@ fn count(ci: u64, long: u64) -> u64 {
 
 fn skip(test: &str, reason: &str) {
     let _ = writeln!(std::io::stderr(), "skipped: {test}: {reason}");
-}
-
-/// A field of /proc/PID/status in KiB (VmRSS, VmHWM); 0 once the process is gone.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn mib(kib: u64) -> u64 {
-    kib / 1024
 }
 
 fn cmd(args: &[&[u8]]) -> Vec<u8> {

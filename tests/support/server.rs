@@ -228,21 +228,12 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status (at most `within`).
     pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "kvs-server did not exit within {within:?} of SIGTERM; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        match sigterm_and_wait(&mut self.child, within) {
+            Some(status) => status,
+            None => panic!(
+                "kvs-server did not exit within {within:?} of SIGTERM; log:\n{}",
+                self.log()
+            ),
         }
     }
 }
@@ -456,20 +447,42 @@ impl RedisServer {
     /// Sends SIGTERM (Redis then flushes its append-only file) and waits for the exit, at most
     /// `within`.
     pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not exit within {within:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        sigterm_and_wait(&mut self.child, within)
+            .unwrap_or_else(|| panic!("redis-server did not exit within {within:?} of SIGTERM"))
     }
+}
+
+/// Sends `child` SIGTERM and waits at most `within` for its exit status; `None` (after
+/// killing it) if it did not exit in time.
+fn sigterm_and_wait(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`); 0 once the process is gone.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// KiB to MiB, rounded down.
+pub fn mib(kib: u64) -> u64 {
+    kib / 1024
 }
 
 impl Drop for RedisServer {
