@@ -132,13 +132,20 @@ impl<D: Disk> Shard<D> {
         }
     }
 
-    /// Serves messages from other threads until the inbox closes or a `Close` arrives. Each
-    /// operation runs as its own local task so a slow read does not hold up the others.
+    /// Serves messages from other threads until the inbox closes or a `Close` arrives. A get
+    /// the partition can answer without I/O is answered at once; every other operation runs as
+    /// its own local task so a slow read does not hold up the others.
     pub async fn serve(&self, mut inbox: mpsc::UnboundedReceiver<ShardMsg>) {
         while let Some(msg) = inbox.recv().await {
             match msg {
                 ShardMsg::Ops(ops) => {
                     for (partition, op, reply) in ops {
+                        if let Op::Get(key) = &op {
+                            if let Some(found) = self.get_cached(partition, key) {
+                                let _ = reply.send(Ok(found));
+                                continue;
+                            }
+                        }
                         let shard = self.clone();
                         tokio::task::spawn_local(async move {
                             let _ = reply.send(shard.apply(partition, op).await);
