@@ -1645,8 +1645,6 @@ async fn scan_segment<F: DiskFile>(
     let mut buf: Vec<u8> = Vec::new();
     let mut buf_at = pos;
     let mut last_seq = 0u64;
-    // The furthest offset a sync mark read so far names as durable.
-    let mut durable = SEGMENT_HEADER_BYTES;
     let bad = loop {
         if pos == file_len {
             return Ok(ScanEnd {
@@ -1661,10 +1659,8 @@ async fn scan_segment<F: DiskFile>(
                 last_seq = last_seq.max(r.seq);
                 pos += r.len() as u64;
             }
-            Ok(Some(Entry::Mark { durable: d })) => {
-                durable = durable.max(d);
-                pos += MARK_BYTES as u64;
-            }
+            // A mark names an offset before itself, so only marks after damage tell anything.
+            Ok(Some(Entry::Mark { .. })) => pos += MARK_BYTES as u64,
             Ok(None) => {
                 let need = record::peek_entry_len(have, marks)
                     .ok()
@@ -1699,13 +1695,6 @@ async fn scan_segment<F: DiskFile>(
         ));
     }
     let rest = read_exact_at(file, pos, (file_len - pos) as usize).await?;
-    if durable > pos {
-        return Err(corrupt(
-            path,
-            pos,
-            format!("{bad}, where a sync mark says the log was already durable (up to offset {durable})"),
-        ));
-    }
     if marks {
         if let Some((at, d)) = find_mark_past(&rest, pos) {
             return Err(corrupt(
