@@ -251,40 +251,13 @@ impl Resp {
                     simple("OK")
                 })
             }
-            Cmd::Del => {
-                let fs = match per_key(store, &args[1..], Op::Remove) {
-                    Ok(fs) => fs,
-                    Err(e) => return Slot::Ready(e),
-                };
-                task(async move {
-                    let mut n = 0;
-                    for r in join_all(fs).await {
-                        match r {
-                            Ok(_) => n += 1,
-                            Err(KvsError::KeyNotFound) => {}
-                            Err(e) => return engine_err(&e),
-                        }
-                    }
-                    integer(n)
-                })
-            }
-            Cmd::Exists => {
-                let fs = match per_key(store, &args[1..], Op::Get) {
-                    Ok(fs) => fs,
-                    Err(e) => return Slot::Ready(e),
-                };
-                task(async move {
-                    let mut n = 0;
-                    for r in join_all(fs).await {
-                        match r {
-                            Ok(Some(_)) => n += 1,
-                            Ok(None) => {}
-                            Err(e) => return engine_err(&e),
-                        }
-                    }
-                    integer(n)
-                })
-            }
+            // Both count the keys they found; a missing key is not an error.
+            Cmd::Del => count_keys(store, &args[1..], Op::Remove, |r| match r {
+                Ok(_) => Ok(true),
+                Err(KvsError::KeyNotFound) => Ok(false),
+                Err(e) => Err(e),
+            }),
+            Cmd::Exists => count_keys(store, &args[1..], Op::Get, |r| r.map(|v| v.is_some())),
             Cmd::Mget => {
                 let fs = match per_key(store, &args[1..], Op::Get) {
                     Ok(fs) => fs,
@@ -521,6 +494,30 @@ impl Resp {
 
 /// The reply to `SET key value <option> ...`.
 /// Checks `keys` against the limits, then starts `op` on each (DEL, EXISTS, MGET).
+/// Runs `op` on every key and answers how many of them `found` counts; the first engine error
+/// is the answer instead.
+fn count_keys<S: Store>(
+    store: &S,
+    keys: &[Bytes],
+    op: fn(Bytes) -> Op,
+    found: fn(OpResult) -> Result<bool, KvsError>,
+) -> Slot {
+    let fs = match per_key(store, keys, op) {
+        Ok(fs) => fs,
+        Err(e) => return Slot::Ready(e),
+    };
+    task(async move {
+        let mut n = 0;
+        for r in join_all(fs).await {
+            match found(r) {
+                Ok(hit) => n += i64::from(hit),
+                Err(e) => return engine_err(&e),
+            }
+        }
+        integer(n)
+    })
+}
+
 fn per_key<S: Store>(
     store: &S,
     keys: &[Bytes],
