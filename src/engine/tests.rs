@@ -448,15 +448,21 @@ fn zero_records(seg: &Path, from: usize, to: usize) -> usize {
 }
 
 /// Opens a partition, sets `key{i:02}` to `value{i:02}` for `i` below `n` (one batch each),
-/// and closes it.
-async fn write_numbered_keys<D: Disk>(disk: &D, c: &PartitionConfig, n: usize) {
+/// and closes it. Returns what it wrote.
+async fn write_numbered_keys<D: Disk>(
+    disk: &D,
+    c: &PartitionConfig,
+    n: usize,
+) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let p = open(disk, c.clone()).await;
+    let mut model = BTreeMap::new();
     for i in 0..n {
-        p.set(b(format!("key{i:02}")), b(format!("value{i:02}")))
-            .await
-            .unwrap();
+        let (k, v) = (format!("key{i:02}"), format!("value{i:02}"));
+        p.set(b(&k), b(&v)).await.unwrap();
+        model.insert(k.into_bytes(), v.into_bytes());
     }
     p.close().await;
+    model
 }
 
 fn one_segment_cfg(dir: &Path, fsync: super::durability::FsyncPolicy) -> PartitionConfig {
@@ -838,16 +844,7 @@ async fn enospc_on_write_is_disk_full_and_recoverable<D: Disk>(disk: D, dir: &Pa
     c.segment_bytes = 1 << 20;
     // Without preallocation the segment's length is where its records end.
     c.preallocate = false;
-    let mut model = BTreeMap::new();
-    {
-        let p = open(&disk, c.clone()).await;
-        for i in 0..10 {
-            let (k, v) = (format!("key{i}"), format!("value{i}"));
-            p.set(b(&k), b(&v)).await.unwrap();
-            model.insert(k.into_bytes(), v.into_bytes());
-        }
-        p.close().await;
-    }
+    let mut model = write_numbered_keys(&disk, &c, 10).await;
     // An open of an existing store makes no changes, so the next operation is the write.
     let probe = FaultyDisk::new(disk.clone(), u64::MAX, Fault::NoSpace);
     drop(Partition::open(probe.clone(), c.clone()).await.unwrap());
@@ -890,16 +887,7 @@ async fn failed_fsync_poisons_writes_but_serves_reads<D: Disk>(disk: D, dir: &Pa
     let mut c = cfg(dir);
     c.segment_bytes = 1 << 20;
     c.preallocate = false;
-    let mut model = BTreeMap::new();
-    {
-        let p = open(&disk, c.clone()).await;
-        for i in 0..10 {
-            let (k, v) = (format!("key{i}"), format!("value{i}"));
-            p.set(b(&k), b(&v)).await.unwrap();
-            model.insert(k.into_bytes(), v.into_bytes());
-        }
-        p.close().await;
-    }
+    let model = write_numbered_keys(&disk, &c, 10).await;
     let probe = FaultyDisk::new(disk.clone(), u64::MAX, Fault::Eio);
     drop(Partition::open(probe.clone(), c.clone()).await.unwrap());
     // The write of the next batch, then its fdatasync.
