@@ -38,8 +38,12 @@ pub const AUTH_FAIL_SPACING_DIVISOR: u32 = 2;
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Smallest segment size a store may be configured with.
 pub const SEGMENT_BYTES_MIN: u64 = 4096;
-/// Most bytes of records written by the writer loop in one batch.
+/// Most bytes of records written by the writer loop in one batch under `--fsync always`, where
+/// every batch also pays an fdatasync.
 pub const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most bytes in one batch under the interval and never policies, where a batch costs only its
+/// write: a write that arrives behind another client's flood waits for one short write.
+pub const WRITE_BATCH_BYTES_UNSYNCED: usize = 256 * 1024;
 
 /// Submission-queue entries per io_uring (one ring per worker thread). The probe builds a
 /// ring of this size too, so a RLIMIT_MEMLOCK too small for it is caught at start-up.
@@ -100,6 +104,7 @@ const _: () = assert!(PASSWORD_BYTES_MAX <= FRAME_OVERHEAD_BYTES_MAX / 2);
 const _: () = assert!(AUTH_FAILURES_MAX >= 1 && AUTH_FAIL_DELAY_GROWTH_MAX >= 1);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT as usize > KEY_BYTES_MAX + VALUE_BYTES_MAX + 64);
 const _: () = assert!(WRITE_BATCH_BYTES_MAX <= SEGMENT_BYTES_DEFAULT as usize);
+const _: () = assert!(WRITE_BATCH_BYTES_UNSYNCED <= WRITE_BATCH_BYTES_MAX);
 // A load generator should be able to use every connection a server accepts by default.
 const _: () = assert!(BENCH_CONNECTIONS_MAX as usize <= CONNECTIONS_MAX);
 const _: () = assert!(BENCH_CONNECT_TIMEOUT_MS < BENCH_STALL_TIMEOUT_MS);

@@ -164,7 +164,8 @@ fn read_to_close(s: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
     (all, false)
 }
 
-/// Latencies of a well-behaved client: SET then GET of small values, one at a time.
+/// Latencies of a well-behaved client: SET then GET of small values, one at a time (SETs at
+/// even places, GETs at odd).
 fn probe(addr: SocketAddr, for_: Duration) -> Vec<Duration> {
     let mut c = NativeConn::connect(addr);
     let mut lat = Vec::new();
@@ -198,13 +199,36 @@ fn p99(mut lat: Vec<Duration>) -> Duration {
     lat[(lat.len() * 99 / 100).min(lat.len() - 1)]
 }
 
-/// The median over a few runs of the probe's p99.
-fn median_p99(addr: SocketAddr) -> Duration {
+/// The probe's p99 over all its requests, and over its SETs and its GETs alone.
+#[derive(Clone, Copy, Debug)]
+struct P99s {
+    all: Duration,
+    sets: Duration,
+    gets: Duration,
+}
+
+/// The medians over a few runs of the probe's p99s.
+fn median_p99(addr: SocketAddr) -> P99s {
     let runs = count(3, 5);
     let each = Duration::from_millis(count(300, 2000) as u64);
-    let mut p: Vec<Duration> = (0..runs).map(|_| p99(probe(addr, each))).collect();
-    p.sort();
-    p[p.len() / 2]
+    let mut all = Vec::new();
+    let mut sets = Vec::new();
+    let mut gets = Vec::new();
+    for _ in 0..runs {
+        let lat = probe(addr, each);
+        sets.push(p99(lat.iter().step_by(2).copied().collect()));
+        gets.push(p99(lat.iter().skip(1).step_by(2).copied().collect()));
+        all.push(p99(lat));
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    P99s {
+        all: median(all),
+        sets: median(sets),
+        gets: median(gets),
+    }
 }
 
 /// What one attack did to the server.
@@ -242,7 +266,8 @@ where
     let pid = server.child.id();
     // The server was started before this, with every CPU; its worker pinned itself to CPU 0.
     let client_cpus = pinned().then(|| pin_thread(1));
-    let quiet = median_p99(addr);
+    let quiet_p99s = median_p99(addr);
+    let quiet = quiet_p99s.all;
     let rss_base_kib = status_kib(pid, "VmRSS");
     let ready = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -264,7 +289,8 @@ where
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let attacked = median_p99(addr);
+    let attacked_p99s = median_p99(addr);
+    let attacked = attacked_p99s.all;
     stop.store(true, Ordering::Release);
     let attacks = attacker.join().expect("the attacker thread");
     if let Some(old) = &client_cpus {
@@ -281,7 +307,11 @@ where
     c.set("after", name);
     let ratio = attacked.as_secs_f64() / quiet.as_secs_f64().max(1e-6);
     println!(
-        "hostile: {name}: {attacks} hostile acts; well-behaved p99 quiet {quiet:?}, attacked {attacked:?} (x{ratio:.1}); server RSS {} MiB before, peak {} MiB (bound {mem_bound_mib} MiB)",
+        "hostile: {name}: {attacks} hostile acts; well-behaved p99 quiet {quiet:?}, attacked {attacked:?} (x{ratio:.1}; SETs {:?} to {:?}, GETs {:?} to {:?}); server RSS {} MiB before, peak {} MiB (bound {mem_bound_mib} MiB)",
+        quiet_p99s.sets,
+        attacked_p99s.sets,
+        quiet_p99s.gets,
+        attacked_p99s.gets,
         mib(rss_base_kib),
         mib(hwm_kib),
     );

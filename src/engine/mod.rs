@@ -11,6 +11,7 @@ use crate::Result;
 
 mod cache;
 pub mod durability;
+mod fair_queue;
 #[cfg(test)]
 mod format_doc;
 mod hint;
@@ -28,6 +29,7 @@ mod store;
 mod tests;
 
 pub use durability::FsyncPolicy;
+pub use fair_queue::{Source, EMBEDDED};
 pub use partition::{Partition, PartitionConfig, PartitionStats};
 pub use sled_engine::SledKvsEngine;
 pub use store::{choose_backend, lock_dir, partition_dir, KvStore, StoreOptions};

@@ -12,7 +12,7 @@
 //! - Segment ids only grow. Sealed segments are immutable and end exactly at their last record.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::cache::ValueCache;
 use super::durability::FsyncPolicy;
+use super::fair_queue::{FairQueue, Source, EMBEDDED};
 use super::hint::{self, HintEntry, HintWriter};
 use super::index::{Index, Loc};
 use super::manifest::{CompactionManifest, MANIFEST_NAME};
@@ -31,7 +32,9 @@ use super::newest::NewestRecords;
 use super::record::{self, Entry, RecordKind, RecordRef, MARK_BYTES, RECORD_BYTES_MAX};
 use super::segment::{self, FileKind, Origin, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::io_backend::{Disk, DiskFile};
-use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX, WRITE_BATCH_BYTES_MAX};
+use crate::limits::{
+    KEY_BYTES_MAX, VALUE_BYTES_MAX, WRITE_BATCH_BYTES_MAX, WRITE_BATCH_BYTES_UNSYNCED,
+};
 use crate::{KvsError, Result};
 
 /// Bytes read at a time when scanning or copying segments.
@@ -145,7 +148,7 @@ struct Inner<D: Disk> {
     disk: D,
     cfg: PartitionConfig,
     state: RefCell<State<D::File>>,
-    queue: RefCell<VecDeque<Pending>>,
+    queue: RefCell<FairQueue<Pending>>,
     wake_writer: Notify,
     closing: Cell<bool>,
     writer_done: RefCell<Option<oneshot::Receiver<()>>>,
@@ -239,7 +242,7 @@ impl<D: Disk> Partition<D> {
                 disk,
                 cfg,
                 state: RefCell::new(state),
-                queue: RefCell::new(VecDeque::new()),
+                queue: RefCell::new(FairQueue::default()),
                 wake_writer: Notify::new(),
                 closing: Cell::new(false),
                 writer_done: RefCell::new(Some(done_rx)),
@@ -337,12 +340,12 @@ impl<D: Disk> Partition<D> {
     }
 
     pub async fn set(&self, key: Bytes, value: Bytes) -> Result<()> {
-        Self::acknowledged(self.submit(key, Some(value))?).await
+        Self::acknowledged(self.submit(EMBEDDED, key, Some(value))?).await
     }
 
     /// Removes `key`; [`KvsError::KeyNotFound`] if it is absent when the writer reaches it.
     pub async fn remove(&self, key: Bytes) -> Result<()> {
-        Self::acknowledged(self.submit(key, None)?).await
+        Self::acknowledged(self.submit(EMBEDDED, key, None)?).await
     }
 
     async fn acknowledged(rx: oneshot::Receiver<Result<Option<Bytes>>>) -> Result<()> {
@@ -350,13 +353,39 @@ impl<D: Disk> Partition<D> {
     }
 
     /// Queues a put (`Some(value)`) or a delete (`None`) for the writer loop and returns, at
-    /// once, the channel its acknowledgement (`Ok(None)`) or error will arrive on.
+    /// once, the channel its acknowledgement (`Ok(None)`) or error will arrive on. The writer
+    /// takes each `source`'s writes in order, and sources in turn.
     pub fn submit(
         &self,
+        source: Source,
         key: Bytes,
         value: Option<Bytes>,
     ) -> Result<oneshot::Receiver<Result<Option<Bytes>>>> {
-        if let Some(v) = &value {
+        self.admit(&key, value.as_deref())?;
+        let (reply, rx) = oneshot::channel();
+        self.push(source, key, value, reply);
+        Ok(rx)
+    }
+
+    /// [`Partition::submit`], with the answer (or the refusal) sent to `reply`.
+    pub fn enqueue(
+        &self,
+        source: Source,
+        key: Bytes,
+        value: Option<Bytes>,
+        reply: oneshot::Sender<Result<Option<Bytes>>>,
+    ) {
+        match self.admit(&key, value.as_deref()) {
+            Ok(()) => self.push(source, key, value, reply),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Whether a write of `key` and `value` may be queued now.
+    fn admit(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        if let Some(v) = value {
             if v.len() > VALUE_BYTES_MAX {
                 return Err(KvsError::ValueTooLarge {
                     len: v.len(),
@@ -379,13 +408,22 @@ impl<D: Disk> Partition<D> {
                 cause: cause.clone(),
             });
         }
-        let (reply, rx) = oneshot::channel();
+        Ok(())
+    }
+
+    fn push(
+        &self,
+        source: Source,
+        key: Bytes,
+        value: Option<Bytes>,
+        reply: oneshot::Sender<Result<Option<Bytes>>>,
+    ) {
+        let bytes = record::encoded_len(&key, value.as_deref().unwrap_or(&[]));
         self.inner
             .queue
             .borrow_mut()
-            .push_back(Pending { key, value, reply });
+            .push(source, bytes, Pending { key, value, reply });
         self.inner.wake_writer.notify_one();
-        Ok(rx)
     }
 
     pub fn stats(&self) -> PartitionStats {
@@ -538,7 +576,7 @@ impl<D: Disk> Partition<D> {
         }
         if self.inner.state.borrow().poisoned.is_some() {
             let err = self.poisoned_error();
-            for p in self.inner.queue.borrow_mut().drain(..) {
+            for p in self.inner.queue.borrow_mut().drain() {
                 let _ = p.reply.send(Err(clone_err(&err)));
             }
             return;
@@ -546,8 +584,9 @@ impl<D: Disk> Partition<D> {
         // Rotate first if the next record would not fit and the active segment has records.
         let first_len = {
             let q = self.inner.queue.borrow();
-            let p = &q[0];
-            record::encoded_len(&p.key, p.value.as_deref().unwrap_or(&[]))
+            q.peek()
+                .expect("the writer runs a batch only when writes are queued")
+                .0
         };
         let needs_rotation = {
             let st = self.inner.state.borrow();
@@ -560,7 +599,7 @@ impl<D: Disk> Partition<D> {
         if needs_rotation {
             if let Err(e) = self.rotate().await {
                 let mut q = self.inner.queue.borrow_mut();
-                let p = q.pop_front().expect("queue was not empty");
+                let p = q.pop().expect("queue was not empty");
                 let _ = p.reply.send(Err(e));
                 return;
             }
@@ -576,6 +615,13 @@ impl<D: Disk> Partition<D> {
             // only once a delete needs it (most batches are all puts).
             let mut overlay: Option<HashMap<Bytes, bool>> = None;
             let room = self.inner.cfg.segment_bytes.saturating_sub(st.tail);
+            // Each batch under `always` pays an fdatasync, so batches are large; otherwise a
+            // batch costs one write, and small ones keep a write queued behind another
+            // client's flood waiting for one short write rather than a long one.
+            let batch_max = match self.inner.cfg.fsync {
+                FsyncPolicy::Always => WRITE_BATCH_BYTES_MAX,
+                _ => WRITE_BATCH_BYTES_UNSYNCED,
+            };
             // Lead with a sync mark when a sync has made more of the segment durable since the
             // last one: recovery then knows that damage before that offset is not a torn write.
             // Marks are optional, so one that would not fit is left out.
@@ -583,15 +629,14 @@ impl<D: Disk> Partition<D> {
                 record::encode_mark(&mut buf, st.synced);
                 mark = Some(st.synced);
             }
-            while let Some(p) = queue.pop_front() {
-                let value = p.value.as_deref().unwrap_or(&[]);
-                let len = record::encoded_len(&p.key, value);
+            while let Some((len, _)) = queue.peek() {
                 if !ops.is_empty()
-                    && (buf.len() + len > WRITE_BATCH_BYTES_MAX || (buf.len() + len) as u64 > room)
+                    && (buf.len() + len > batch_max || (buf.len() + len) as u64 > room)
                 {
-                    queue.push_front(p);
                     break;
                 }
+                let p = queue.pop().expect("peeked");
+                let value = p.value.as_deref().unwrap_or(&[]);
                 let kind = if p.value.is_some() {
                     RecordKind::Put
                 } else {

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::fair_queue::Source;
 use super::partition::{Partition, PartitionConfig, PartitionStats};
 use crate::io_backend::Disk;
 use crate::{KvsError, Result};
@@ -38,10 +39,19 @@ impl Op {
 /// The result of an [`Op`]: the value for a get, `None` otherwise.
 pub type OpResult = Result<Option<Bytes>>;
 
+/// An operation sent to the shard that owns its partition.
+pub struct Routed {
+    pub partition: u32,
+    /// Who asked: writes of one source keep their order, sources take turns at the writer.
+    pub source: Source,
+    pub op: Op,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<OpResult>,
+}
+
 /// What other threads send a shard.
 pub enum ShardMsg {
-    /// Operations, each with its partition and where to send its result.
-    Ops(Vec<(u32, Op, oneshot::Sender<OpResult>)>),
+    Ops(Vec<Routed>),
     Stats(oneshot::Sender<Vec<PartitionStats>>),
     Compact(oneshot::Sender<Result<()>>),
     /// Close every partition (queued writes are finished and synced), then answer.
@@ -78,25 +88,21 @@ impl<D: Disk> Shard<D> {
         self.partitions.contains_key(&partition)
     }
 
-    /// Runs one operation on a partition this shard owns.
-    pub async fn apply(&self, partition: u32, op: Op) -> OpResult {
-        let p = self.partition(partition)?;
-        match op {
-            Op::Get(k) => p.get(&k).await,
-            Op::Set(k, v) => p.set(k, v).await.map(|()| None),
-            Op::Remove(k) => p.remove(k).await.map(|()| None),
-        }
+    /// Reads `key` from a partition this shard owns.
+    pub async fn get(&self, partition: u32, key: Bytes) -> OpResult {
+        self.partition(partition)?.get(&key).await
     }
 
-    /// Queues a put (`Some(value)`) or delete (`None`) on a partition this shard owns and
-    /// returns the channel its result arrives on.
+    /// Queues a put (`Some(value)`) or delete (`None`) of `source` on a partition this shard
+    /// owns and returns the channel its result arrives on.
     pub fn submit(
         &self,
         partition: u32,
+        source: Source,
         key: Bytes,
         value: Option<Bytes>,
     ) -> Result<oneshot::Receiver<OpResult>> {
-        self.partition(partition)?.submit(key, value)
+        self.partition(partition)?.submit(source, key, value)
     }
 
     fn partition(&self, partition: u32) -> Result<&Partition<D>> {
@@ -133,23 +139,43 @@ impl<D: Disk> Shard<D> {
     }
 
     /// Serves messages from other threads until the inbox closes or a `Close` arrives. A get
-    /// the partition can answer without I/O is answered at once; every other operation runs as
-    /// its own local task so a slow read does not hold up the others.
+    /// the partition can answer without I/O is answered at once, a write is queued at once, and
+    /// a read from disk runs as its own local task so a slow read does not hold up the others.
     pub async fn serve(&self, mut inbox: mpsc::UnboundedReceiver<ShardMsg>) {
         while let Some(msg) = inbox.recv().await {
             match msg {
                 ShardMsg::Ops(ops) => {
-                    for (partition, op, reply) in ops {
-                        if let Op::Get(key) = &op {
-                            if let Some(found) = self.get_cached(partition, key) {
-                                let _ = reply.send(Ok(found));
+                    for Routed {
+                        partition,
+                        source,
+                        op,
+                        reply,
+                    } in ops
+                    {
+                        let p = match self.partition(partition) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
                                 continue;
                             }
+                        };
+                        match op {
+                            Op::Get(key) => match p.get_cached(&key) {
+                                Some(found) => {
+                                    let _ = reply.send(Ok(found));
+                                }
+                                None => {
+                                    let p = p.clone();
+                                    tokio::task::spawn_local(async move {
+                                        let _ = reply.send(p.get(&key).await);
+                                    });
+                                }
+                            },
+                            // Queued here, in arrival order: no task between a write and its
+                            // place in the writer's queue.
+                            Op::Set(key, value) => p.enqueue(source, key, Some(value), reply),
+                            Op::Remove(key) => p.enqueue(source, key, None, reply),
                         }
-                        let shard = self.clone();
-                        tokio::task::spawn_local(async move {
-                            let _ = reply.send(shard.apply(partition, op).await);
-                        });
                     }
                 }
                 ShardMsg::Stats(reply) => {

@@ -14,9 +14,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::durability::FsyncPolicy;
+use super::fair_queue::EMBEDDED;
 use super::meta::{self, EngineKind, StoreMeta};
 use super::partition::{PartitionConfig, PartitionStats};
-use super::shard::{partition_of, Op, OpResult, Shard, ShardMsg};
+use super::shard::{partition_of, Op, OpResult, Routed, Shard, ShardMsg};
 use super::KvsEngine;
 use crate::io_backend::{
     self, BackendChoice, BlockingDisk, Disk, IoBackendKind, IoChoice, UringDisk,
@@ -205,7 +206,12 @@ impl KvStore {
         let (tx, rx) = oneshot::channel();
         self.shared
             .inbox
-            .send(ShardMsg::Ops(vec![(partition, op, tx)]))
+            .send(ShardMsg::Ops(vec![Routed {
+                partition,
+                source: EMBEDDED,
+                op,
+                reply: tx,
+            }]))
             .map_err(|_| KvsError::Closed)?;
         rx.await.map_err(|_| KvsError::Closed)?
     }

@@ -61,6 +61,7 @@ backend_tests!(
     interrupted_compaction_finishes_on_open,
     overwrites_keep_disk_within_twice_live_data,
     interval_fsync_holds_under_sustained_writes,
+    a_write_flood_does_not_queue_other_clients_behind_it,
     enospc_on_write_is_disk_full_and_recoverable,
     failed_fsync_poisons_writes_but_serves_reads,
     crash_at_any_write_step_keeps_acknowledged_writes,
@@ -687,6 +688,52 @@ async fn overwrites_keep_disk_within_twice_live_data<D: Disk>(disk: D, dir: &Pat
     p.close().await;
 }
 
+// Guards against one client's backlog of writes delaying every other client's: the writer
+// takes clients in turn, so a write queued behind a flood goes in the next batch, not after
+// the whole flood.
+async fn a_write_flood_does_not_queue_other_clients_behind_it<D: Disk>(disk: D, dir: &Path) {
+    let mut c = cfg(dir);
+    c.segment_bytes = 256 * 1024 * 1024;
+    c.preallocate = false;
+    c.fsync = super::durability::FsyncPolicy::Never;
+    let p = open(&disk, c).await;
+    let (flooder, other) = (1, 2);
+    // 25 MiB from the flooder, queued before the other client's one small write.
+    let value = Bytes::from(vec![7u8; 256 * 1024]);
+    let flood: Vec<_> = (0..100)
+        .map(|i| {
+            p.submit(flooder, b(format!("flood-{i}")), Some(value.clone()))
+                .unwrap()
+        })
+        .collect();
+    let mine = p.submit(other, b("mine"), Some(b("v"))).unwrap();
+    mine.await.unwrap().unwrap();
+    for ack in flood {
+        ack.await.unwrap().unwrap();
+    }
+    assert_eq!(p.get(b"mine").await.unwrap().as_deref(), Some(&b"v"[..]));
+    p.close().await;
+    // The log's order is the order the writer took them in.
+    let log = std::fs::read(segment::segment_path(dir, 1)).unwrap();
+    let mut at = segment::SEGMENT_HEADER_BYTES as usize;
+    let mut keys = Vec::new();
+    while let Ok(Some(entry)) = super::record::decode_entry(&log[at..], true) {
+        if let super::record::Entry::Record(r) = entry {
+            keys.push(String::from_utf8_lossy(r.key).into_owned());
+            at += r.len();
+        } else {
+            at += super::record::MARK_BYTES;
+        }
+    }
+    assert_eq!(keys.len(), 101, "every write is in the log");
+    let before = keys.iter().position(|k| k == "mine").unwrap();
+    // First in, first out would have written all 100 first; in turns, one turn of the flood.
+    assert!(
+        before * value.len() <= super::fair_queue::TURN_BYTES.max(value.len()),
+        "{before} of the flood's writes went before the other client's one"
+    );
+}
+
 // Guards against the interval policy waiting for an idle moment that a busy log never has.
 async fn interval_fsync_holds_under_sustained_writes<D: Disk>(disk: D, dir: &Path) {
     let mut c = cfg(dir);
@@ -696,11 +743,14 @@ async fn interval_fsync_holds_under_sustained_writes<D: Disk>(disk: D, dir: &Pat
     let counting = FaultyDisk::new(disk.clone(), u64::MAX, Fault::Crash).skipping_syncs();
     let p = Partition::open(counting.clone(), c).await.unwrap();
     let before = counting.data_syncs();
-    // Queue everything at once, so the writer goes from one full batch to the next (about
-    // 25 batches of 4 MiB) and its queue never empties until the end.
+    // Queue everything at once, so the writer goes from one full batch to the next (400
+    // batches of one 256 KiB write each) and its queue never empties until the end.
     let value = Bytes::from(vec![7u8; 256 * 1024]);
     let acks: Vec<_> = (0..400)
-        .map(|i| p.submit(b(format!("k{i}")), Some(value.clone())).unwrap())
+        .map(|i| {
+            p.submit(super::EMBEDDED, b(format!("k{i}")), Some(value.clone()))
+                .unwrap()
+        })
         .collect();
     let started = std::time::Instant::now();
     for ack in acks {

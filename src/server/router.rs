@@ -9,8 +9,9 @@ use std::rc::Rc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::shard::{partition_of, Op, OpResult, Shard, ShardMsg};
+use crate::engine::shard::{partition_of, Op, OpResult, Routed, Shard, ShardMsg};
 use crate::engine::{KvsEngine, SledKvsEngine};
+use crate::engine::{Source, EMBEDDED};
 use crate::io_backend::Disk;
 use crate::protocol::{PartitionStats, StatsReport};
 use crate::{KvsError, Result};
@@ -43,6 +44,11 @@ pub trait Store: Clone + 'static {
     }
     /// Sends held operations to their owners: one message per owner.
     fn flush(&self);
+    /// This store as seen by one client: its writes keep their order and take turns with other
+    /// clients' at each partition's writer (where the store has such a queue).
+    fn for_source(&self, _source: Source) -> Self {
+        self.clone()
+    }
     fn stats(&self) -> LocalBoxFuture<Result<StatsReport>>;
     /// Live keys in the whole store.
     fn key_count(&self) -> LocalBoxFuture<Result<u64>> {
@@ -51,7 +57,7 @@ pub trait Store: Clone + 'static {
     }
 }
 
-type Held = Vec<(u32, Op, oneshot::Sender<OpResult>)>;
+type Held = Vec<Routed>;
 
 struct RouterInner<D: Disk> {
     me: usize,
@@ -67,12 +73,15 @@ struct RouterInner<D: Disk> {
 /// kvs's partitions, reached from one worker.
 pub struct KvsRouter<D: Disk> {
     inner: Rc<RouterInner<D>>,
+    /// Whose operations these are.
+    source: Source,
 }
 
 impl<D: Disk> Clone for KvsRouter<D> {
     fn clone(&self) -> Self {
         KvsRouter {
             inner: self.inner.clone(),
+            source: self.source,
         }
     }
 }
@@ -96,6 +105,7 @@ impl<D: Disk> KvsRouter<D> {
                 held: RefCell::new((0..workers).map(|_| Vec::new()).collect()),
                 io_backend,
             }),
+            source: EMBEDDED,
         }
     }
 }
@@ -113,13 +123,13 @@ impl<D: Disk> Store for KvsRouter<D> {
                         None => {
                             let bytes = shard.record_len(partition, &key).unwrap_or(0);
                             let shard = shard.clone();
-                            let read = async move { shard.apply(partition, Op::Get(key)).await };
+                            let read = async move { shard.get(partition, key).await };
                             Started::Task(Box::pin(read), bytes)
                         }
                     }
                 }
-                Op::Set(key, value) => shard.submit(partition, key, Some(value)),
-                Op::Remove(key) => shard.submit(partition, key, None),
+                Op::Set(key, value) => shard.submit(partition, self.source, key, Some(value)),
+                Op::Remove(key) => shard.submit(partition, self.source, key, None),
             };
             return match queued {
                 // A write's answer is small; its request bytes are charged already.
@@ -132,7 +142,12 @@ impl<D: Disk> Store for KvsRouter<D> {
             Op::Set(..) | Op::Remove(_) => 0,
         };
         let (tx, rx) = oneshot::channel();
-        self.inner.held.borrow_mut()[owner].push((partition, op, tx));
+        self.inner.held.borrow_mut()[owner].push(Routed {
+            partition,
+            source: self.source,
+            op,
+            reply: tx,
+        });
         Started::Later(rx, charge)
     }
 
@@ -143,6 +158,13 @@ impl<D: Disk> Store for KvsRouter<D> {
                 // A closed inbox drops the replies, which the callers see as `Closed`.
                 let _ = self.inner.inboxes[worker].send(ShardMsg::Ops(std::mem::take(ops)));
             }
+        }
+    }
+
+    fn for_source(&self, source: Source) -> Self {
+        KvsRouter {
+            inner: self.inner.clone(),
+            source,
         }
     }
 

@@ -18,7 +18,7 @@ use super::router::{KvsRouter, SledStore, Store};
 use super::session::{self, Conn, SessionLimits};
 use super::ServerFacts;
 use crate::engine::shard::{Shard, ShardMsg};
-use crate::engine::{PartitionConfig, SledKvsEngine};
+use crate::engine::{PartitionConfig, SledKvsEngine, Source};
 use crate::io_backend::{self, BlockingDisk, Disk, IoBackendKind, UringDisk};
 use crate::protocol::{encode_server_hello, is_native_magic_start, HelloStatus};
 use crate::Result;
@@ -205,7 +205,7 @@ async fn run_sessions<L: NetListener, S: Store>(listener: L, store: S, setup: &m
                 let conn = Rc::new(Conn::new(stream));
                 sessions.borrow_mut().insert(id, conn.clone());
                 let (store, sessions, ended, connections, limits) = (
-                    store.clone(),
+                    store.for_source(source_of(index, id)),
                     sessions.clone(),
                     ended.clone(),
                     connections.clone(),
@@ -233,6 +233,12 @@ async fn run_sessions<L: NetListener, S: Store>(listener: L, store: S, setup: &m
     }
     let _ = setup.drained.send(setup.index);
     wait_for(&mut setup.phase, Phase::Close).await;
+}
+
+/// The writer-queue source of connection `id` of worker `worker`: distinct from every other
+/// connection's and from [`crate::engine::EMBEDDED`].
+fn source_of(worker: usize, id: u64) -> Source {
+    ((worker as u64) << 48) | (id + 1)
 }
 
 async fn wait_for(phase: &mut watch::Receiver<Phase>, at_least: Phase) {
