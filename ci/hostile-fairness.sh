@@ -15,4 +15,4 @@ if [[ $(nproc) -lt 2 ]]; then
   exit 1
 fi
 KVS_HOSTILE_PINNED=1 cargo test --release --test hostile -- --nocapture --test-threads 1 2>&1 \
-  | grep -E '^(hostile:|skipped|test result)'
+  | grep -oE '(hostile:|skipped|test result).*'
