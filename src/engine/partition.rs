@@ -39,6 +39,11 @@ use crate::{KvsError, Result};
 
 /// Bytes read at a time when scanning or copying segments.
 const SCAN_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// Outside `--fsync always`, the writer starts the write-back of each this many bytes of the
+/// active segment as it fills.
+const WRITEBACK_KICK_BYTES: u64 = 8 * 1024 * 1024;
+/// Write-back is started for whole pages of this size only.
+const WRITEBACK_PAGE_BYTES: u64 = 4096;
 /// Bytes of zeros written at a time when preallocating a segment.
 const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 /// The name of the preallocated segment waiting to become the next active one.
@@ -142,6 +147,9 @@ struct State<F> {
     synced: u64,
     /// The offset the last sync mark written to the active segment named.
     marked: u64,
+    /// The active segment's write-back has been started up to here (see
+    /// [`DiskFile::start_writeback`]).
+    writeback_from: u64,
 }
 
 struct Inner<D: Disk> {
@@ -749,7 +757,21 @@ impl<D: Disk> Partition<D> {
         if self.inner.cfg.fsync != FsyncPolicy::Always && st.unsynced_since.is_none() {
             st.unsynced_since = Some(Instant::now());
         }
+        // Outside `always`, start writing back each WRITEBACK_KICK_BYTES of the segment as it
+        // fills (whole pages only: the last one may still be written to), so the fdatasync
+        // that seals it finds little left to write.
+        let mut writeback = None;
+        if !always {
+            let whole_pages = st.tail & !(WRITEBACK_PAGE_BYTES - 1);
+            if whole_pages >= st.writeback_from + WRITEBACK_KICK_BYTES {
+                writeback = Some((st.writeback_from, whole_pages - st.writeback_from));
+                st.writeback_from = whole_pages;
+            }
+        }
         drop(st);
+        if let Some((pos, len)) = writeback {
+            file.start_writeback(pos, len);
+        }
         for o in ops {
             let _ = o.reply.send(Ok(None));
         }
@@ -886,6 +908,7 @@ impl<D: Disk> Partition<D> {
         // The header was fdatasynced when the segment was made.
         st.synced = SEGMENT_HEADER_BYTES;
         st.marked = SEGMENT_HEADER_BYTES;
+        st.writeback_from = SEGMENT_HEADER_BYTES;
         Ok(())
     }
 
@@ -1668,6 +1691,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         // nothing is claimed durable until this process syncs it.
         synced: SEGMENT_HEADER_BYTES,
         marked: SEGMENT_HEADER_BYTES,
+        writeback_from: SEGMENT_HEADER_BYTES,
     })
 }
 

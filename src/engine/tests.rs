@@ -62,6 +62,7 @@ backend_tests!(
     overwrites_keep_disk_within_twice_live_data,
     interval_fsync_holds_under_sustained_writes,
     a_write_flood_does_not_queue_other_clients_behind_it,
+    write_back_is_started_as_an_unsynced_segment_fills,
     enospc_on_write_is_disk_full_and_recoverable,
     failed_fsync_poisons_writes_but_serves_reads,
     crash_at_any_write_step_keeps_acknowledged_writes,
@@ -732,6 +733,39 @@ async fn a_write_flood_does_not_queue_other_clients_behind_it<D: Disk>(disk: D, 
         before * value.len() <= super::fair_queue::TURN_BYTES.max(value.len()),
         "{before} of the flood's writes went before the other client's one"
     );
+}
+
+// Guards against the write-back kick disappearing: outside `always`, the writer starts the
+// write-back of each 8 MiB of the active segment as it fills, in order and in whole pages, so
+// the fdatasync that seals the segment does not write 64 MiB at once.
+async fn write_back_is_started_as_an_unsynced_segment_fills<D: Disk>(disk: D, dir: &Path) {
+    let mut c = cfg(dir);
+    c.segment_bytes = 256 * 1024 * 1024;
+    c.preallocate = false;
+    c.fsync = super::durability::FsyncPolicy::Never;
+    let counting = FaultyDisk::new(disk.clone(), u64::MAX, Fault::Crash);
+    let p = Partition::open(counting.clone(), c).await.unwrap();
+    let value = Bytes::from(vec![3u8; 64 * 1024]);
+    let acks: Vec<_> = (0..400)
+        .map(|i| {
+            p.submit(1, b(format!("k{i}")), Some(value.clone()))
+                .unwrap()
+        })
+        .collect();
+    for ack in acks {
+        ack.await.unwrap().unwrap();
+    }
+    p.close().await;
+    let ranges = counting.writebacks();
+    // 25 MiB written: three ranges of at least 8 MiB each.
+    assert_eq!(ranges.len(), 3, "{ranges:?}");
+    let mut next = segment::SEGMENT_HEADER_BYTES;
+    for (pos, len) in ranges {
+        assert_eq!(pos, next, "ranges follow each other");
+        assert!(len >= 8 * 1024 * 1024, "{len}");
+        assert_eq!((pos + len) % 4096, 0, "whole pages only");
+        next = pos + len;
+    }
 }
 
 // Guards against the interval policy waiting for an idle moment that a busy log never has.

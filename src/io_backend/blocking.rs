@@ -13,6 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -202,6 +203,10 @@ impl DiskFile for BlockingFile {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    fn start_writeback(&self, pos: u64, len: u64) {
+        super::start_writeback_fd(self.file.as_raw_fd(), pos, len);
     }
 }
 

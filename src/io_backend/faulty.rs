@@ -5,10 +5,11 @@
 //! at that moment would have left. EIO and ENOSPC faults leave the disk working, as a device
 //! that reported one error, or a filesystem where space was freed, would.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::rc::Rc;
@@ -53,6 +54,9 @@ impl DiskFile for StdFile {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+    fn start_writeback(&self, pos: u64, len: u64) {
+        super::start_writeback_fd(self.0.as_raw_fd(), pos, len);
     }
 }
 
@@ -107,6 +111,8 @@ struct Plan {
     skip_syncs: bool,
     /// fdatasyncs of files seen so far.
     data_syncs: Cell<u64>,
+    /// Ranges whose write-back was started, in order.
+    writebacks: RefCell<Vec<(u64, u64)>>,
 }
 
 /// Wraps a disk and injects one fault at the `at`-th mutating operation (1-based).
@@ -133,6 +139,7 @@ impl<D> FaultyDisk<D> {
                 hit: Cell::new(None),
                 skip_syncs: false,
                 data_syncs: Cell::new(0),
+                writebacks: RefCell::new(Vec::new()),
             }),
         }
     }
@@ -154,6 +161,10 @@ impl<D> FaultyDisk<D> {
     /// fdatasyncs of files seen so far.
     pub fn data_syncs(&self) -> u64 {
         self.plan.data_syncs.get()
+    }
+    /// The (offset, length) of every write-back started so far, in order.
+    pub fn writebacks(&self) -> Vec<(u64, u64)> {
+        self.plan.writebacks.borrow().clone()
     }
     /// Whether the injected crash has happened.
     pub fn crashed(&self) -> bool {
@@ -243,6 +254,11 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
     }
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
+    }
+    fn start_writeback(&self, pos: u64, len: u64) {
+        // Changes nothing that a crash or a fault could observe: not an injection point.
+        self.plan.writebacks.borrow_mut().push((pos, len));
+        self.inner.start_writeback(pos, len);
     }
 }
 

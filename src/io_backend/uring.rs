@@ -15,6 +15,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -234,6 +235,11 @@ impl DiskFile for UringFile {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.std.metadata()?.len())
+    }
+
+    fn start_writeback(&self, pos: u64, len: u64) {
+        // tokio-uring has no SyncFileRange; without waiting, the call only queues write-back.
+        super::start_writeback_fd(self.std.as_raw_fd(), pos, len);
     }
 }
 
