@@ -87,6 +87,46 @@ fn kvstore_serves_concurrent_tasks_and_survives_reopen() {
 }
 
 #[test]
+fn gets_answered_on_the_calling_thread_see_every_acknowledged_write() {
+    // Guards against a get answered from the cache's cross-thread mirror (without the hop to
+    // the store's thread) returning a value that an acknowledged set replaced, a removed key,
+    // or an entry the cache evicted and a later write changed. A cache of 8 KiB keeps evicting.
+    for io in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KvStore::open_with(
+            dir.path(),
+            StoreOptions {
+                cache_bytes: 8 * 1024,
+                ..opts(io)
+            },
+        )
+        .unwrap();
+        rt().block_on(async {
+            let tasks: Vec<_> = (0..4u32)
+                .map(|t| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        for n in 0..300u32 {
+                            let key = Bytes::from(format!("task{t}-key{}", n % 7));
+                            let value = Bytes::from(format!("{t}:{n}"));
+                            store.set(key.clone(), value.clone()).await.unwrap();
+                            assert_eq!(store.get(key.clone()).await.unwrap(), Some(value));
+                            if n % 3 == 0 {
+                                store.remove(key.clone()).await.unwrap();
+                                assert_eq!(store.get(key).await.unwrap(), None, "{io:?}");
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+    }
+}
+
+#[test]
 fn second_open_of_a_directory_is_refused() {
     // Guards against two processes (or two handles) writing one log.
     let dir = tempfile::tempdir().unwrap();

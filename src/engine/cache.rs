@@ -7,14 +7,46 @@
 //!
 //! Invariant: an entry holds the value of the newest acknowledged put of its key (writes update
 //! or remove entries as they are acknowledged); a budget of 0 caches nothing.
+//!
+//! An embedded store's cache also keeps a [`ReadMirror`]: the same entries in a map any thread
+//! may read, updated in the same call as the cache (so before the write is acknowledged), from
+//! which the store's handles answer gets of cached keys on the calling thread.
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashMap};
 
 /// Bytes charged per entry beyond its key and value (slab slot, map slot, two allocations).
 const ENTRY_OVERHEAD_BYTES: usize = 96;
+/// Bytes charged per entry for its place in a [`ReadMirror`] (a map slot of two `Bytes`).
+const MIRROR_OVERHEAD_BYTES: usize = 80;
+
+/// The cached entries of a store's partitions, readable from any thread. Only the cache that
+/// owns an entry changes it; a reader sees an entry as of some moment between the write that
+/// made it and the write that replaces it.
+#[derive(Default)]
+pub struct ReadMirror {
+    map: dashmap::DashMap<Bytes, Bytes, DefaultHashBuilder>,
+}
+
+impl ReadMirror {
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.map.get(key).map(|v| v.value().clone())
+    }
+
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        self.map.len()
+    }
+}
+
+impl std::fmt::Debug for ReadMirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadMirror({} entries)", self.map.len())
+    }
+}
 
 struct Entry {
     key: Bytes,
@@ -23,27 +55,38 @@ struct Entry {
 }
 
 impl Entry {
-    fn cost(&self) -> usize {
-        self.key.len() + self.value.len() + ENTRY_OVERHEAD_BYTES
+    fn cost(&self, overhead: usize) -> usize {
+        self.key.len() + self.value.len() + overhead
     }
 }
 
 pub struct ValueCache {
     budget: usize,
     used: usize,
+    /// Bytes charged per entry beyond its key and value.
+    overhead: usize,
     slots: Vec<Entry>,
     by_key: HashMap<Bytes, usize>,
     hand: usize,
+    mirror: Option<Arc<ReadMirror>>,
 }
 
 impl ValueCache {
-    pub fn new(budget: usize) -> ValueCache {
+    pub fn new(budget: usize, mirror: Option<Arc<ReadMirror>>) -> ValueCache {
+        let overhead = ENTRY_OVERHEAD_BYTES
+            + if mirror.is_some() {
+                MIRROR_OVERHEAD_BYTES
+            } else {
+                0
+            };
         ValueCache {
             budget,
             used: 0,
+            overhead,
             slots: Vec::new(),
             by_key: HashMap::new(),
             hand: 0,
+            mirror,
         }
     }
 
@@ -58,10 +101,14 @@ impl ValueCache {
         if let Some(&slot) = self.by_key.get(key) {
             // Overwrite in place when the new value fits the budget's rules; else drop it.
             let old = self.slots[slot].value.len();
-            if key.len() + value.len() + ENTRY_OVERHEAD_BYTES <= self.budget / 8
+            if key.len() + value.len() + self.overhead <= self.budget / 8
                 && self.used - old + value.len() <= self.budget
             {
-                self.slots[slot].value = Bytes::copy_from_slice(value);
+                let e = &mut self.slots[slot];
+                e.value = Bytes::copy_from_slice(value);
+                if let Some(m) = &self.mirror {
+                    m.map.insert(e.key.clone(), e.value.clone());
+                }
                 self.used = self.used - old + value.len();
                 return;
             }
@@ -72,7 +119,7 @@ impl ValueCache {
             value: Bytes::copy_from_slice(value),
             referenced: Cell::new(false),
         };
-        let cost = entry.cost();
+        let cost = entry.cost(self.overhead);
         if cost > self.budget / 8 {
             // One entry never takes more than an eighth of the cache.
             return;
@@ -82,6 +129,9 @@ impl ValueCache {
         }
         self.used += cost;
         self.by_key.insert(entry.key.clone(), self.slots.len());
+        if let Some(m) = &self.mirror {
+            m.map.insert(entry.key.clone(), entry.value.clone());
+        }
         self.slots.push(entry);
     }
 
@@ -116,7 +166,10 @@ impl ValueCache {
     /// Removes the entry in `slot` (already unmapped) by moving the last entry into it.
     fn take_slot(&mut self, slot: usize) {
         let e = self.slots.swap_remove(slot);
-        self.used -= e.cost();
+        if let Some(m) = &self.mirror {
+            m.map.remove(&e.key);
+        }
+        self.used -= e.cost(self.overhead);
         if let Some(moved) = self.slots.get(slot) {
             *self
                 .by_key
@@ -134,7 +187,7 @@ mod tests {
     #[test]
     fn cache_stays_within_budget_and_keeps_hot_entries() {
         // Guards against the cache growing without bound or evicting what is being read.
-        let mut c = ValueCache::new(100 * (ENTRY_OVERHEAD_BYTES + 10));
+        let mut c = ValueCache::new(100 * (ENTRY_OVERHEAD_BYTES + 10), None);
         c.insert(b"hot", b"1234567");
         for i in 0..1000 {
             assert!(c.get(b"hot").is_some(), "hot entry evicted at {i}");
@@ -146,7 +199,7 @@ mod tests {
     #[test]
     fn zero_budget_caches_nothing() {
         // Guards against a disabled cache holding values anyway.
-        let mut c = ValueCache::new(0);
+        let mut c = ValueCache::new(0, None);
         c.insert(b"k", b"v");
         assert_eq!(c.get(b"k"), None);
         assert_eq!(c.used_bytes(), 0);
@@ -156,8 +209,10 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
         fn cache_never_returns_a_stale_value(ops in proptest::collection::vec((0u8..20, proptest::option::of(any::<u8>())), 1..400)) {
-            // Guards against a cached value outliving the write that replaced or removed it.
-            let mut c = ValueCache::new(8 * (ENTRY_OVERHEAD_BYTES + 2));
+            // Guards against a cached value (or its mirror) outliving the write that replaced or
+            // removed it.
+            let mirror = Arc::new(ReadMirror::default());
+            let mut c = ValueCache::new(8 * (ENTRY_OVERHEAD_BYTES + MIRROR_OVERHEAD_BYTES + 2), Some(mirror.clone()));
             let mut model = std::collections::HashMap::new();
             for (k, v) in ops {
                 match v {
@@ -165,11 +220,14 @@ mod tests {
                     None => { c.remove(&[k]); model.remove(&k); }
                 }
                 for key in 0u8..20 {
+                    // The mirror holds exactly what the cache holds.
+                    prop_assert_eq!(mirror.get(&[key]), c.get(&[key]));
                     if let Some(got) = c.get(&[key]) {
                         prop_assert_eq!(Some(&got[0]), model.get(&key));
                     }
                 }
-                let sum: usize = c.slots.iter().map(Entry::cost).sum();
+                prop_assert_eq!(mirror.entries(), c.slots.len());
+                let sum: usize = c.slots.iter().map(|e| e.cost(c.overhead)).sum();
                 prop_assert_eq!(sum, c.used_bytes());
                 prop_assert_eq!(c.slots.len(), c.by_key.len());
             }

@@ -28,6 +28,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use cache::ReadMirror;
 pub use durability::FsyncPolicy;
 pub use fair_queue::{Source, EMBEDDED};
 pub use partition::{Partition, PartitionConfig, PartitionStats};

@@ -16,13 +16,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use hashbrown::HashMap;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::cache::ValueCache;
+use super::cache::{ReadMirror, ValueCache};
 use super::durability::FsyncPolicy;
 use super::fair_queue::{FairQueue, Source, EMBEDDED};
 use super::hint::{self, HintEntry, HintWriter};
@@ -68,6 +69,9 @@ pub struct PartitionConfig {
     pub auto_compact: bool,
     /// Bytes of values kept in memory for reads (0: none).
     pub cache_bytes: usize,
+    /// Where the cache also publishes its entries for readers on other threads (an embedded
+    /// store's handles), if anywhere.
+    pub read_mirror: Option<Arc<ReadMirror>>,
 }
 
 impl PartitionConfig {
@@ -81,6 +85,7 @@ impl PartitionConfig {
             compaction_min_dead_bytes: crate::limits::SEGMENT_BYTES_DEFAULT,
             compaction_dead_ratio: 0.5,
             auto_compact: true,
+            read_mirror: None,
             cache_bytes: 0,
         }
     }
@@ -1671,7 +1676,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
     };
     Ok(State {
         index,
-        cache: ValueCache::new(cfg.cache_bytes),
+        cache: ValueCache::new(cfg.cache_bytes, cfg.read_mirror.clone()),
         segments,
         active,
         tail,

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::cache::ReadMirror;
 use super::durability::FsyncPolicy;
 use super::fair_queue::EMBEDDED;
 use super::meta::{self, EngineKind, StoreMeta};
@@ -105,6 +106,9 @@ pub fn choose_backend(io: Option<IoChoice>) -> Result<BackendChoice> {
 
 struct Shared {
     inbox: mpsc::UnboundedSender<ShardMsg>,
+    /// The partitions' cached entries: a get of a cached key is answered from here, on the
+    /// calling thread, without the hop to the owner thread.
+    mirror: Arc<ReadMirror>,
     partitions: u32,
     backend: BackendChoice,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -146,8 +150,13 @@ impl KvStore {
         )?;
         let backend = choose_backend(opts.io)?;
         tracing::info!(backend = %backend.kind, reason = %backend.reason, "kvs store I/O backend");
+        let mirror = Arc::new(ReadMirror::default());
         let configs: Vec<_> = (0..meta.partitions)
-            .map(|id| opts.partition_config(&dir, id, meta.partitions))
+            .map(|id| {
+                let mut c = opts.partition_config(&dir, id, meta.partitions);
+                c.read_mirror = Some(mirror.clone());
+                c
+            })
             .collect();
         let (inbox, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -169,6 +178,7 @@ impl KvStore {
         Ok(KvStore {
             shared: Arc::new(Shared {
                 inbox,
+                mirror,
                 partitions: meta.partitions,
                 backend,
                 thread: Mutex::new(Some(thread)),
@@ -243,6 +253,9 @@ impl KvsEngine for KvStore {
         self.call(Op::Set(key, value)).await.map(|_| ())
     }
     async fn get(&self, key: Bytes) -> Result<Option<Bytes>> {
+        if let Some(v) = self.shared.mirror.get(&key) {
+            return Ok(Some(v));
+        }
         self.call(Op::Get(key)).await
     }
     async fn remove(&self, key: Bytes) -> Result<()> {
