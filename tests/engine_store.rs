@@ -127,6 +127,69 @@ fn gets_answered_on_the_calling_thread_see_every_acknowledged_write() {
 }
 
 #[test]
+fn a_new_key_is_found_as_soon_as_its_set_is_acknowledged_while_the_key_filter_grows() {
+    // Guards against a get answered "absent" on the calling thread (from the partition's
+    // filter of live keys) for a key whose set was already acknowledged, including while the
+    // filter is rebuilt larger (5,000 new keys against a first size of 1,024), and against a
+    // stored key being reported absent after a reopen. No cache, so no get is answered from
+    // the cache's mirror instead.
+    let opts = |io| StoreOptions {
+        cache_bytes: 0,
+        ..opts(io)
+    };
+    for io in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KvStore::open_with(dir.path(), opts(io)).unwrap();
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        rt().block_on(async {
+            let writer = {
+                let (store, acked) = (store.clone(), acked.clone());
+                tokio::spawn(async move {
+                    for i in 0..5000usize {
+                        store
+                            .set(Bytes::from(format!("new-{i}")), Bytes::from("v"))
+                            .await
+                            .unwrap();
+                        acked.store(i + 1, std::sync::atomic::Ordering::Release);
+                    }
+                })
+            };
+            let reader = {
+                let (store, acked) = (store.clone(), acked.clone());
+                tokio::spawn(async move {
+                    let mut checks = 0;
+                    while acked.load(std::sync::atomic::Ordering::Acquire) < 5000 {
+                        let n = acked.load(std::sync::atomic::Ordering::Acquire);
+                        if n > 0 {
+                            let key = Bytes::from(format!("new-{}", n - 1));
+                            assert_eq!(store.get(key).await.unwrap(), Some(Bytes::from("v")));
+                        }
+                        let absent = Bytes::from(format!("never-{checks}"));
+                        assert_eq!(store.get(absent).await.unwrap(), None);
+                        checks += 1;
+                        tokio::task::yield_now().await;
+                    }
+                })
+            };
+            writer.await.unwrap();
+            reader.await.unwrap();
+        });
+        drop(store);
+        let store = KvStore::open_with(dir.path(), opts(io)).unwrap();
+        rt().block_on(async {
+            for i in (0..5000).step_by(97) {
+                let key = Bytes::from(format!("new-{i}"));
+                assert_eq!(
+                    store.get(key).await.unwrap(),
+                    Some(Bytes::from("v")),
+                    "{io:?}"
+                );
+            }
+        });
+    }
+}
+
+#[test]
 fn second_open_of_a_directory_is_refused() {
     // Guards against two processes (or two handles) writing one log.
     let dir = tempfile::tempdir().unwrap();

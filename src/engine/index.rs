@@ -284,6 +284,11 @@ impl Index {
         table.reserve(additional, |&p| hasher.hash_one(store.key_at(p)));
     }
 
+    /// Every live key.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.store.iter().map(|e| self.store.key(e))
+    }
+
     /// Every (key, position) whose record lives in one of `segments`.
     pub fn entries_in(&self, segments: &BTreeSet<u32>) -> Vec<(Box<[u8]>, Loc)> {
         self.store

@@ -28,6 +28,7 @@ use super::durability::FsyncPolicy;
 use super::fair_queue::{FairQueue, Source, EMBEDDED};
 use super::hint::{self, HintEntry, HintWriter};
 use super::index::{Index, Loc};
+use super::key_filter::{Headroom, KeyFilter};
 use super::manifest::{CompactionManifest, MANIFEST_NAME};
 use super::newest::NewestRecords;
 use super::record::{self, Entry, RecordKind, RecordRef, MARK_BYTES, RECORD_BYTES_MAX};
@@ -72,6 +73,8 @@ pub struct PartitionConfig {
     /// Where the cache also publishes its entries for readers on other threads (an embedded
     /// store's handles), if anywhere.
     pub read_mirror: Option<Arc<ReadMirror>>,
+    /// A filter of the live keys, kept for readers on other threads, if anywhere.
+    pub key_filter: Option<Arc<KeyFilter>>,
 }
 
 impl PartitionConfig {
@@ -86,6 +89,7 @@ impl PartitionConfig {
             compaction_dead_ratio: 0.5,
             auto_compact: true,
             read_mirror: None,
+            key_filter: None,
             cache_bytes: 0,
         }
     }
@@ -249,6 +253,9 @@ impl<D: Disk> Partition<D> {
         }
         super::meta::create_dir_durable(&cfg.dir)?;
         let state = recover(&disk, &cfg).await?;
+        if let Some(filter) = &cfg.key_filter {
+            filter.rebuild(state.index.len(), Headroom::Quarter, state.index.keys());
+        }
         let (done_tx, done_rx) = oneshot::channel();
         let part = Partition {
             inner: Rc::new(Inner {
@@ -718,6 +725,7 @@ impl<D: Disk> Partition<D> {
         }
 
         let mut st = self.inner.state.borrow_mut();
+        let mut filter_full = false;
         for o in &ops {
             let offset = tail + o.at as u64;
             let loc = Loc {
@@ -728,7 +736,12 @@ impl<D: Disk> Partition<D> {
             let old = match &o.value {
                 Some(v) => {
                     st.cache.insert(&o.key, v);
-                    st.index.insert(&o.key, loc)
+                    let old = st.index.insert(&o.key, loc);
+                    if let (None, Some(filter)) = (old, &self.inner.cfg.key_filter) {
+                        // A new key: in the filter before its write is acknowledged.
+                        filter_full |= filter.add(&o.key);
+                    }
+                    old
                 }
                 None => {
                     st.cache.remove(&o.key);
@@ -750,6 +763,9 @@ impl<D: Disk> Partition<D> {
                 value_len: o.value_len,
                 offset,
             });
+        }
+        if let (true, Some(filter)) = (filter_full, &self.inner.cfg.key_filter) {
+            filter.rebuild(st.index.len(), Headroom::Double, st.index.keys());
         }
         st.tail = tail + batch_len;
         st.segments.get_mut(&active).expect("active segment").len = st.tail;

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::ReadMirror;
 use super::durability::FsyncPolicy;
 use super::fair_queue::EMBEDDED;
+use super::key_filter::KeyFilter;
 use super::meta::{self, EngineKind, StoreMeta};
 use super::partition::{PartitionConfig, PartitionStats};
 use super::shard::{partition_of, Op, OpResult, Routed, Shard, ShardMsg};
@@ -109,6 +110,9 @@ struct Shared {
     /// The partitions' cached entries: a get of a cached key is answered from here, on the
     /// calling thread, without the hop to the owner thread.
     mirror: Arc<ReadMirror>,
+    /// Each partition's filter of live keys: a get of a key its partition's filter has never
+    /// seen is answered "absent" on the calling thread.
+    filters: Vec<Arc<KeyFilter>>,
     partitions: u32,
     backend: BackendChoice,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -151,10 +155,14 @@ impl KvStore {
         let backend = choose_backend(opts.io)?;
         tracing::info!(backend = %backend.kind, reason = %backend.reason, "kvs store I/O backend");
         let mirror = Arc::new(ReadMirror::default());
+        let filters: Vec<Arc<KeyFilter>> = (0..meta.partitions)
+            .map(|_| Arc::new(KeyFilter::default()))
+            .collect();
         let configs: Vec<_> = (0..meta.partitions)
             .map(|id| {
                 let mut c = opts.partition_config(&dir, id, meta.partitions);
                 c.read_mirror = Some(mirror.clone());
+                c.key_filter = Some(filters[id as usize].clone());
                 c
             })
             .collect();
@@ -179,6 +187,7 @@ impl KvStore {
             shared: Arc::new(Shared {
                 inbox,
                 mirror,
+                filters,
                 partitions: meta.partitions,
                 backend,
                 thread: Mutex::new(Some(thread)),
@@ -255,6 +264,10 @@ impl KvsEngine for KvStore {
     async fn get(&self, key: Bytes) -> Result<Option<Bytes>> {
         if let Some(v) = self.shared.mirror.get(&key) {
             return Ok(Some(v));
+        }
+        let partition = partition_of(&key, self.shared.partitions);
+        if !self.shared.filters[partition as usize].may_contain(&key) {
+            return Ok(None);
         }
         self.call(Op::Get(key)).await
     }
