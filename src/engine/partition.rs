@@ -900,7 +900,14 @@ impl<D: Disk> Partition<D> {
             .is_ok_and(|f| f.len().unwrap_or(0) >= self.inner.cfg.segment_bytes);
         let new_file = match made {
             Ok(f) => f,
-            Err((e, false)) => return Err(e),
+            // A full disk is reported and retried at the next write, once there may be room.
+            Err((e @ KvsError::DiskFull, false)) => return Err(e),
+            Err((e, false)) => {
+                // Anything else (EIO, a filesystem gone read-only) is a failed write: refuse
+                // writes from now on rather than retry, and say why.
+                self.poison("segment creation", &io::Error::other(e.to_string()));
+                return Err(self.poisoned_error());
+            }
             Err((e, true)) => {
                 // Once a retry makes a newer segment, the next open would take this one for
                 // a sealed segment (full of zeros, if it was the spare) and refuse the store.

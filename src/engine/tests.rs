@@ -65,6 +65,7 @@ backend_tests!(
     write_back_is_started_as_an_unsynced_segment_fills,
     enospc_on_write_is_disk_full_and_recoverable,
     failed_fsync_poisons_writes_but_serves_reads,
+    a_failed_disk_operation_while_writing_is_a_refusal_never_a_bare_io_error,
     crash_at_any_write_step_keeps_acknowledged_writes,
     enospc_at_any_write_step_keeps_exactly_acknowledged_writes,
 );
@@ -967,6 +968,51 @@ async fn enospc_on_write_is_disk_full_and_recoverable<D: Disk>(disk: D, dir: &Pa
 
 // Guards against retrying after a failed fdatasync (the kernel may have dropped the dirty
 // pages), and against refusing reads because of it.
+// Guards against a write answered with a bare I/O error (which the server reports as an
+// internal error) when a disk operation of the write path fails: the write of a batch, its
+// fdatasync, or any step of making the next segment at a rotation (CI once saw a filesystem
+// gone read-only refuse the new segment's creation, and the client got "Internal"). A failed
+// operation must refuse writes from then on (Poisoned), or be a full disk; an EIO in work off
+// the write path (a spare segment, a hint, a compaction) must not fail a write at all.
+async fn a_failed_disk_operation_while_writing_is_a_refusal_never_a_bare_io_error<D: Disk>(
+    disk: D,
+    dir: &Path,
+) {
+    let c = |run: &str| {
+        let mut c = cfg(&dir.join(run));
+        c.auto_compact = false;
+        c
+    };
+    const WRITES: usize = 40;
+    let value = Bytes::from(vec![b'v'; 600]);
+    let clean = FaultyDisk::new(disk.clone(), u64::MAX, Fault::Eio);
+    let p = Partition::open(clean.clone(), c("clean")).await.unwrap();
+    for i in 0..WRITES {
+        p.set(b(format!("k{i}")), value.clone()).await.unwrap();
+    }
+    p.close().await;
+    let ops = clean.ops();
+    assert!(ops > 20, "only {ops} operations: the writes did not rotate");
+    for n in 1..=ops {
+        let faulty = FaultyDisk::new(disk.clone(), n, Fault::Eio);
+        let Ok(p) = Partition::open(faulty.clone(), c(&format!("run{n}"))).await else {
+            continue;
+        };
+        let mut refused = false;
+        for i in 0..WRITES {
+            match p.set(b(format!("k{i}")), value.clone()).await {
+                Ok(()) => assert!(!refused, "run {n}: a write succeeded after a refusal"),
+                Err(KvsError::Poisoned { .. }) | Err(KvsError::DiskFull) => refused = true,
+                Err(e) => panic!(
+                    "run {n} (fault at {:?}): write {i} answered {e:?}",
+                    faulty.fault_hit()
+                ),
+            }
+        }
+        p.close().await;
+    }
+}
+
 async fn failed_fsync_poisons_writes_but_serves_reads<D: Disk>(disk: D, dir: &Path) {
     let mut c = cfg(dir);
     c.segment_bytes = 1 << 20;
