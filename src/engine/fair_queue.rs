@@ -27,7 +27,6 @@ pub struct FairQueue<T> {
     turns: VecDeque<Source>,
     /// Bytes the lane at the front of `turns` may still take this turn.
     credit: usize,
-    len: usize,
 }
 
 impl<T> Default for FairQueue<T> {
@@ -36,14 +35,13 @@ impl<T> Default for FairQueue<T> {
             lanes: HashMap::new(),
             turns: VecDeque::new(),
             credit: TURN_BYTES,
-            len: 0,
         }
     }
 }
 
 impl<T> FairQueue<T> {
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.turns.is_empty()
     }
 
     /// Queues `item`, of `bytes` bytes, at the back of `source`'s lane.
@@ -53,7 +51,6 @@ impl<T> FairQueue<T> {
             self.turns.push_back(source);
         }
         lane.push_back((bytes, item));
-        self.len += 1;
     }
 
     /// The item [`FairQueue::pop`] would return, with its size in bytes.
@@ -72,7 +69,6 @@ impl<T> FairQueue<T> {
             .get_mut(&source)
             .expect("a source in turn has a lane");
         let (bytes, item) = lane.pop_front().expect("lanes are never empty");
-        self.len -= 1;
         self.credit = self.credit.saturating_sub(bytes);
         if lane.is_empty() {
             self.lanes.remove(&source);

@@ -11,7 +11,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{PoisonError, RwLock};
 
 use hashbrown::DefaultHashBuilder;
 
@@ -87,22 +87,22 @@ pub enum Headroom {
     Double,
 }
 
-/// One partition's filter. Cheap to share: readers and the owner hold the same `Arc`.
+/// One partition's filter, shared by its owner and the store's handles (behind an `Arc`).
 pub struct KeyFilter {
-    bits: RwLock<Arc<Bits>>,
+    bits: RwLock<Bits>,
 }
 
 impl Default for KeyFilter {
     fn default() -> Self {
         KeyFilter {
-            bits: RwLock::new(Arc::new(Bits::sized_for(0))),
+            bits: RwLock::new(Bits::sized_for(0)),
         }
     }
 }
 
 impl std::fmt::Debug for KeyFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let bits = self.current();
+        let bits = self.bits.read().unwrap_or_else(PoisonError::into_inner);
         write!(
             f,
             "KeyFilter({} blocks, sized for {} keys)",
@@ -112,13 +112,6 @@ impl std::fmt::Debug for KeyFilter {
 }
 
 impl KeyFilter {
-    fn current(&self) -> Arc<Bits> {
-        self.bits
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     /// False only if `key` is not live in the partition (as of a moment during the call).
     pub fn may_contain(&self, key: &[u8]) -> bool {
         self.bits
@@ -135,8 +128,9 @@ impl KeyFilter {
         bits.added.load(Ordering::Relaxed) > bits.capacity
     }
 
-    /// Replaces the filter with one holding `keys` (every live key, `live` of them) and room
-    /// for `headroom` times as many. Readers see the old filter until the new one is complete.
+    /// Replaces the filter with one holding `keys` (every live key, `live` of them) and the
+    /// room for more that `headroom` says. Readers see the old filter until the new one is
+    /// complete.
     pub fn rebuild<'a>(
         &self,
         live: usize,
@@ -151,12 +145,7 @@ impl KeyFilter {
         for k in keys {
             fresh.add(k);
         }
-        *self.bits.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
-    }
-
-    /// Bytes of filter bits.
-    pub fn heap_bytes(&self) -> usize {
-        self.current().words.len() * 8
+        *self.bits.write().unwrap_or_else(PoisonError::into_inner) = fresh;
     }
 }
 

@@ -220,8 +220,12 @@ impl KvStore {
         rx.await.map_err(|_| KvsError::Closed)?
     }
 
-    async fn call(&self, op: Op) -> OpResult {
-        let partition = partition_of(op.key(), self.shared.partitions);
+    fn partition_of(&self, key: &[u8]) -> u32 {
+        partition_of(key, self.shared.partitions)
+    }
+
+    /// Runs `op` on the owner thread; `partition` is its key's.
+    async fn call(&self, partition: u32, op: Op) -> OpResult {
         let (tx, rx) = oneshot::channel();
         self.shared
             .inbox
@@ -259,20 +263,24 @@ impl KvStore {
 
 impl KvsEngine for KvStore {
     async fn set(&self, key: Bytes, value: Bytes) -> Result<()> {
-        self.call(Op::Set(key, value)).await.map(|_| ())
+        self.call(self.partition_of(&key), Op::Set(key, value))
+            .await
+            .map(|_| ())
     }
     async fn get(&self, key: Bytes) -> Result<Option<Bytes>> {
         if let Some(v) = self.shared.mirror.get(&key) {
             return Ok(Some(v));
         }
-        let partition = partition_of(&key, self.shared.partitions);
+        let partition = self.partition_of(&key);
         if !self.shared.filters[partition as usize].may_contain(&key) {
             return Ok(None);
         }
-        self.call(Op::Get(key)).await
+        self.call(partition, Op::Get(key)).await
     }
     async fn remove(&self, key: Bytes) -> Result<()> {
-        self.call(Op::Remove(key)).await.map(|_| ())
+        self.call(self.partition_of(&key), Op::Remove(key))
+            .await
+            .map(|_| ())
     }
 }
 

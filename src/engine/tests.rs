@@ -400,11 +400,7 @@ async fn close_stops_a_running_compaction<D: Disk>(disk: D, dir: &Path) {
     c.auto_compact = false;
     let mut model = BTreeMap::new();
     let p = open(&disk, c.clone()).await;
-    for i in 0..2000 {
-        let (k, v) = (format!("key{}", i % 50), format!("value-{i}"));
-        p.set(b(&k), b(&v)).await.unwrap();
-        model.insert(k.into_bytes(), v.into_bytes());
-    }
+    overwrite_keys(&p, 2000, 50, &mut model).await;
     let compacting = {
         let p = p.clone();
         tokio::task::spawn_local(async move { p.compact().await })
@@ -466,6 +462,21 @@ async fn write_numbered_keys<D: Disk>(
     }
     p.close().await;
     model
+}
+
+/// Makes `writes` sets on `p`, write `i` setting `key{i % keys}` to `value-{i}`, and records
+/// them in `model`.
+async fn overwrite_keys<D: Disk>(
+    p: &Partition<D>,
+    writes: usize,
+    keys: usize,
+    model: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+) {
+    for i in 0..writes {
+        let (k, v) = (format!("key{}", i % keys), format!("value-{i}"));
+        p.set(b(&k), b(&v)).await.unwrap();
+        model.insert(k.into_bytes(), v.into_bytes());
+    }
 }
 
 fn one_segment_cfg(dir: &Path, fsync: super::durability::FsyncPolicy) -> PartitionConfig {
@@ -572,12 +583,7 @@ async fn interrupted_compaction_finishes_on_open<D: Disk>(disk: D, dir: &Path) {
     let mut model = BTreeMap::new();
     {
         let p = open(&disk, c.clone()).await;
-        for i in 0..600 {
-            let k = format!("key{}", i % 30);
-            let v = format!("value-{i}");
-            p.set(b(&k), b(&v)).await.unwrap();
-            model.insert(k.into_bytes(), v.into_bytes());
-        }
+        overwrite_keys(&p, 600, 30, &mut model).await;
         p.remove(b("key3")).await.unwrap();
         model.remove(&b"key3"[..]);
         p.close().await;
