@@ -2,7 +2,8 @@
 # Fairness under attack, measured like a benchmark (not part of CI): a release build, the
 # server's one worker pinned to CPU 0, the attackers and the well-behaved client on CPU 1, so
 # the ratio of the client's attacked p99 to its quiet p99 shows the server's fairness rather
-# than the attacker's share of a common core. Prints one `hostile:` line per attack.
+# than the attacker's share of a common core (the attacker runs under SCHED_IDLE, behind the
+# client). Prints one `hostile:` line per attack.
 #
 #   ci/hostile-fairness.sh [--long]     (--long: KVS_HOSTILE_LONG=1, the full counts)
 set -euo pipefail

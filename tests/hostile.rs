@@ -17,7 +17,8 @@
 //!
 //! `KVS_HOSTILE_PINNED=1` measures fairness the way the benchmarks measure speed: the server
 //! runs one worker pinned to CPU 0 (`--cores 1`), and the attacker and the well-behaved client
-//! run on CPU 1, so the attacker's own work does not take the server's core. Run it on a
+//! run on CPU 1, so the attacker's own work does not take the server's core; the attacker runs
+//! under `SCHED_IDLE` there, so it does not take the client's time either. Run it on a
 //! release build: `KVS_HOSTILE_PINNED=1 cargo test --release --test hostile -- --nocapture
 //! --test-threads 1` (`ci/hostile-fairness.sh`).
 
