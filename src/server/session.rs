@@ -37,6 +37,11 @@ use crate::KvsError;
 
 /// Initial read buffer; it grows as frames need (idle connections stay small).
 const READ_BUFFER_BYTES_MIN: usize = 2048;
+/// Bytes a connection reads, and starts requests from, before it lets the worker's other
+/// connections run. Without it, on the epoll backend, a client pipelining large writes had its
+/// reads answered at once, turn after turn, for up to 128 reads (tokio's budget): megabytes
+/// copied and decoded while every other client of the worker waited.
+const READ_TURN_BYTES: usize = 256 * 1024;
 /// Responses are gathered up to this size before a write.
 const WRITE_GATHER_BYTES: usize = 64 * 1024;
 
@@ -213,6 +218,7 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
 ) {
     let mut buf = first;
     buf.reserve(READ_BUFFER_BYTES_MIN.saturating_sub(buf.len()));
+    let mut turn_bytes = 0;
     loop {
         // Start every complete request in the buffer.
         let mut used = 0;
@@ -273,11 +279,15 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
         if buf.capacity() < want {
             buf.reserve(want - buf.len());
         }
+        if turn_bytes >= READ_TURN_BYTES {
+            turn_bytes = 0;
+            tokio::task::yield_now().await;
+        }
         let (res, b) = conn.stream.read(buf).await;
         buf = b;
         match res {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(n) => turn_bytes += n,
         }
     }
     conn.push(Slot::Close, 0);
