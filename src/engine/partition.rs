@@ -173,6 +173,10 @@ struct Inner<D: Disk> {
     spare_done: RefCell<Option<oneshot::Receiver<()>>>,
     /// Woken when a compaction ends (see [`Partition::close`]).
     compaction_idle: Notify,
+    /// A sealed segment's fdatasync is running in the background (see [`Partition::rotate`]).
+    sealing: Cell<bool>,
+    /// Woken when it ends.
+    seal_idle: Notify,
 }
 
 /// A handle to a partition; clones share it. Not `Send`: it lives on its owner thread.
@@ -268,6 +272,8 @@ impl<D: Disk> Partition<D> {
                 writer_done: RefCell::new(Some(done_rx)),
                 spare_done: RefCell::new(None),
                 compaction_idle: Notify::new(),
+                sealing: Cell::new(false),
+                seal_idle: Notify::new(),
             }),
         };
         let writer = part.clone();
@@ -495,6 +501,20 @@ impl<D: Disk> Partition<D> {
         if let Some(rx) = spare {
             let _ = rx.await;
         }
+        self.seal_settled().await;
+    }
+
+    /// Waits until no sealed segment is being synced in the background.
+    async fn seal_settled(&self) {
+        // The partition lives on one thread: the seal cannot end between the check and the
+        // wait's creation, and a `Notified` receives `notify_waiters` once created.
+        loop {
+            let idle = self.inner.seal_idle.notified();
+            if !self.inner.sealing.get() {
+                break;
+            }
+            idle.await;
+        }
     }
 
     // ---- the writer loop -------------------------------------------------------------
@@ -535,6 +555,9 @@ impl<D: Disk> Partition<D> {
     }
 
     async fn sync_if_dirty(&self) {
+        // What the active segment's sync makes durable follows the sealed segment before it:
+        // that one must be on disk, and the active one's name, first.
+        self.seal_settled().await;
         let (file, active, tail) = {
             let st = self.inner.state.borrow();
             if st.unsynced_since.is_none() || st.poisoned.is_some() {
@@ -834,7 +857,22 @@ impl<D: Disk> Partition<D> {
 
     /// Seals the active segment (cut to its records, synced, hint written) and makes a new one
     /// active: the spare if one is ready, a fresh file otherwise.
+    ///
+    /// Under `always` all of it happens before the writer goes on. Under the other policies the
+    /// sealed segment's fdatasync (up to a segment of writes, tens of milliseconds) runs in the
+    /// background while the writer appends to the new segment, which is made under a pending
+    /// name that says which segment it continues and where that one ends
+    /// ([`segment::pending_path`]), and renamed to its own once the sealed one is on disk. After
+    /// a crash before then, open keeps the new segment only if the sealed one still ends where
+    /// the name says (a process crash: the page cache had it all); if the sealed one lost its
+    /// tail (a power cut), the new one is deleted, so what is lost is a suffix of the log, never
+    /// a hole. Nothing else waits for the seal but the next rotation, an interval sync, a
+    /// compaction's sync before it drops records, and close.
     async fn rotate(&self) -> Result<()> {
+        self.seal_settled().await;
+        if self.inner.state.borrow().poisoned.is_some() {
+            return Err(self.poisoned_error());
+        }
         let dir = self.inner.cfg.dir.clone();
         let disk = &self.inner.disk;
         let (file, tail, active) = {
@@ -852,13 +890,15 @@ impl<D: Disk> Partition<D> {
                 return Err(self.poisoned_error());
             }
         }
-        // Under the interval and never policies this fdatasync may be the first of
-        // acknowledged data, so a failure refuses writes like any failed fsync.
-        if let Err(e) = file.sync_data().await {
-            self.poison("fsync", &e);
-            return Err(self.poisoned_error());
+        let in_background = self.inner.cfg.fsync != FsyncPolicy::Always;
+        if !in_background {
+            // Under `always` everything in the segment was synced already; this one makes the
+            // cut durable.
+            if let Err(e) = file.sync_data().await {
+                self.poison("fsync", &e);
+                return Err(self.poisoned_error());
+            }
         }
-        self.inner.state.borrow_mut().unsynced_since = None;
         // The entries stay until the new segment is active: if making it fails, the writer
         // keeps appending here or retries the rotation, and the retry must write the same
         // complete hint. An empty hint checks out and would hide every record of the segment.
@@ -869,31 +909,31 @@ impl<D: Disk> Partition<D> {
             .active_hint
             .clone()
             .finish(u64::from(active), tail);
-        // A hint is an optimisation: failing to write one only slows the next open.
-        if let Err(e) = write_file(
-            disk,
-            &segment::hint_path(&dir, u64::from(active)),
-            hint_bytes,
-        )
-        .await
-        {
-            tracing::warn!(
-                partition = self.inner.cfg.id,
-                "could not write hint for segment {active}: {e}"
-            );
-        }
+        // Under `always`, written now; otherwise by the background seal, once the segment is
+        // on disk (a hint must never name records the segment lost).
+        let hint_for_seal = if in_background {
+            Some(hint_bytes)
+        } else {
+            self.write_hint(active, hint_bytes).await;
+            None
+        };
 
         let (id, header) = self.next_segment(Origin::Log)?;
         let path = segment::segment_path(&dir, u64::from(id));
+        let name = if in_background {
+            segment::pending_path(&dir, u64::from(id), u64::from(active), tail)
+        } else {
+            path.clone()
+        };
         let spare = self.inner.state.borrow_mut().spare.take();
         let made = match spare {
             Some(spare) => {
-                install_segment(disk, &dir, &spare, &dir.join(SPARE_NAME), &path, header)
+                install_segment(disk, &dir, &spare, &dir.join(SPARE_NAME), &name, header)
                     .await
                     .map(|()| spare)
                     .map_err(|(e, stranded)| (KvsError::from_write(e), stranded))
             }
-            None => create_segment(disk, &dir, &path, header).await.map(Rc::new),
+            None => create_segment(disk, &dir, &name, header).await.map(Rc::new),
         };
         let preallocated = made
             .as_ref()
@@ -937,7 +977,59 @@ impl<D: Disk> Partition<D> {
         st.synced = SEGMENT_HEADER_BYTES;
         st.marked = SEGMENT_HEADER_BYTES;
         st.writeback_from = SEGMENT_HEADER_BYTES;
+        // The new segment holds nothing yet; the sealed one is synced below, or already was.
+        st.unsynced_since = None;
+        drop(st);
+        if let Some(hint_bytes) = hint_for_seal {
+            self.inner.sealing.set(true);
+            let part = self.clone();
+            tokio::task::spawn_local(async move {
+                part.seal(file, active, hint_bytes, name, path).await;
+                part.inner.sealing.set(false);
+                part.inner.seal_idle.notify_waiters();
+            });
+        }
         Ok(())
+    }
+
+    /// The background part of a rotation (see [`Partition::rotate`]): syncs the sealed
+    /// segment, gives the active one its own name, then writes the sealed one's hint. A failure
+    /// of the first two refuses writes, as any failed fsync does.
+    async fn seal(
+        &self,
+        sealed: Rc<D::File>,
+        id: u32,
+        hint_bytes: Vec<u8>,
+        active_pending: PathBuf,
+        active_path: PathBuf,
+    ) {
+        let disk = &self.inner.disk;
+        if let Err(e) = sealed.sync_data().await {
+            self.poison("fsync", &e);
+            return;
+        }
+        let named = async {
+            disk.rename(&active_pending, &active_path).await?;
+            disk.sync_dir(&self.inner.cfg.dir).await
+        }
+        .await;
+        if let Err(e) = named {
+            self.poison("segment creation", &e);
+            return;
+        }
+        self.write_hint(id, hint_bytes).await;
+    }
+
+    /// Writes the hint of sealed segment `id`. A hint is an optimisation: failing to write one
+    /// only slows the next open.
+    async fn write_hint(&self, id: u32, hint_bytes: Vec<u8>) {
+        let path = segment::hint_path(&self.inner.cfg.dir, u64::from(id));
+        if let Err(e) = write_file(&self.inner.disk, &path, hint_bytes).await {
+            tracing::warn!(
+                partition = self.inner.cfg.id,
+                "could not write hint for segment {id}: {e}"
+            );
+        }
     }
 
     /// Takes the next segment id (ids only grow) and makes the header of a segment with it.
@@ -1277,10 +1369,14 @@ impl<D: Disk> Partition<D> {
         finish.map_err(|e| (true, e))
     }
 
-    /// Syncs the active segment if it holds acknowledged writes not yet synced (segments
-    /// sealed since were synced when they were sealed). A failure refuses writes, as any
-    /// failed fsync does.
+    /// Syncs the active segment if it holds acknowledged writes not yet synced, after the
+    /// background sync of a segment sealed before it (older ones were synced when sealed). A
+    /// failure refuses writes, as any failed fsync does.
     async fn sync_log_before_dropping_records(&self) -> Result<()> {
+        self.seal_settled().await;
+        if self.inner.state.borrow().poisoned.is_some() {
+            return Err(self.poisoned_error());
+        }
         let (file, active, tail) = {
             let st = self.inner.state.borrow();
             if st.unsynced_since.is_none() {
@@ -1525,6 +1621,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
 
     let mut seg_ids = Vec::new();
     let mut hint_ids = BTreeSet::new();
+    let mut pending = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -1534,11 +1631,15 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
             FileKind::Hint(id) => {
                 hint_ids.insert(id);
             }
+            FileKind::Pending { id, prev, prev_len } => pending.push((id, prev, prev_len)),
             FileKind::Temporary => remove_if_exists(disk, &entry.path()).await?,
             FileKind::CompactionManifest | FileKind::Unknown => {}
         }
     }
     seg_ids.sort_unstable();
+    if let Some(id) = settle_pending(disk, cfg, &seg_ids, pending).await? {
+        seg_ids.push(id);
+    }
 
     let mut headers = Vec::with_capacity(seg_ids.len());
     for &id in &seg_ids {
@@ -1721,6 +1822,82 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         marked: SEGMENT_HEADER_BYTES,
         writeback_from: SEGMENT_HEADER_BYTES,
     })
+}
+
+/// Decides a log segment left under its pending name by a crash during a background seal
+/// (see [`Partition::rotate`]); returns its id if it joins the log. It does when the segment it
+/// continues is the newest and still ends, intact, where the name says: that one is cut to that
+/// length (zeros a lost truncation left past it) and synced, and the pending one renamed. Else
+/// it is deleted: it follows records the crash lost, and keeping it would leave a hole.
+async fn settle_pending<D: Disk>(
+    disk: &D,
+    cfg: &PartitionConfig,
+    seg_ids: &[u64],
+    pending: Vec<(u64, u64, u64)>,
+) -> Result<Option<u64>> {
+    let dir = &cfg.dir;
+    let mut joined = None;
+    for (id, prev, prev_len) in pending {
+        let path = segment::pending_path(dir, id, prev, prev_len);
+        // Compactions take ids too: only segments they made may come after `prev`.
+        let mut newest_log = seg_ids.contains(&prev);
+        for &later in seg_ids.iter().filter(|&&later| later > prev) {
+            let file = disk.open(&segment::segment_path(dir, later), false).await?;
+            let head = read_exact_at(&file, 0, SEGMENT_HEADER_BYTES as usize).await;
+            let origin = head
+                .ok()
+                .and_then(|h| SegmentHeader::decode(&h).ok())
+                .map(|h| h.origin);
+            newest_log &= origin == Some(Origin::Compaction);
+        }
+        let intact = if joined.is_none() && newest_log && id > prev {
+            let prev_path = segment::segment_path(dir, prev);
+            let file = disk.open(&prev_path, false).await?;
+            let file_len = file.len()?;
+            let head = read_exact_at(&file, 0, SEGMENT_HEADER_BYTES as usize).await;
+            let marks = head
+                .ok()
+                .and_then(|h| SegmentHeader::decode(&h).ok())
+                .filter(|h| h.origin == Origin::Log)
+                .map(|h| h.has_marks());
+            match marks {
+                Some(marks) if file_len >= prev_len => {
+                    let scanned =
+                        scan_segment(&file, &prev_path, file_len, true, marks, |_, _, _, _, _| {})
+                            .await?;
+                    let intact = !scanned.torn && scanned.end == prev_len;
+                    if intact && file_len != prev_len {
+                        file.set_len(prev_len).await?;
+                        file.sync_data().await?;
+                    }
+                    intact
+                }
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if intact {
+            tracing::info!(
+                partition = cfg.id,
+                "segment {id} was written while segment {prev} was being sealed; {prev} is \
+                 whole, so {id} joins the log"
+            );
+            disk.rename(&path, &segment::segment_path(dir, id)).await?;
+            disk.sync_dir(dir).await?;
+            joined = Some(id);
+        } else {
+            tracing::warn!(
+                partition = cfg.id,
+                "segment {id} was written while segment {prev} was being sealed, and {prev} \
+                 lost records from its end in a crash; dropping {id} (only writes that were \
+                 never synced are lost)"
+            );
+            remove_if_exists(disk, &path).await?;
+            disk.sync_dir(dir).await?;
+        }
+    }
+    Ok(joined)
 }
 
 /// Reads a segment's records in order, calling `each(seq, kind, key, offset, len)`, and

@@ -104,11 +104,23 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The name a new log segment has until the segment before it, `prev`, is on disk (see
+/// `Partition::rotate`): it says which segment it continues, and where that one ends.
+pub fn pending_path(dir: &Path, id: u64, prev: u64, prev_len: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg.after-{prev:020}-{prev_len}"))
+}
+
 /// What a file name in a partition directory is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FileKind {
     Segment(u64),
     Hint(u64),
+    /// A log segment written while segment `prev`, `prev_len` bytes long, was being synced.
+    Pending {
+        id: u64,
+        prev: u64,
+        prev_len: u64,
+    },
     Temporary,
     CompactionManifest,
     Unknown,
@@ -129,6 +141,16 @@ pub fn classify(name: &str) -> FileKind {
     if let Some(stem) = name.strip_suffix(".seg") {
         if let Some(id) = parse(stem) {
             return FileKind::Segment(id);
+        }
+    }
+    if let Some((stem, after)) = name.split_once(".seg.after-") {
+        if let (Some(id), Some((prev, len))) = (parse(stem), after.split_once('-')) {
+            let len = (!len.starts_with('+'))
+                .then(|| len.parse::<u64>().ok())
+                .flatten();
+            if let (Some(prev), Some(prev_len)) = (parse(prev), len) {
+                return FileKind::Pending { id, prev, prev_len };
+            }
         }
     }
     if let Some(stem) = name.strip_suffix(".hint") {
@@ -169,5 +191,22 @@ mod tests {
             FileKind::Temporary
         );
         assert_eq!(classify("12.seg"), FileKind::Unknown);
+        let pending = pending_path(dir, 13, 12, 4096);
+        assert_eq!(
+            classify(pending.file_name().unwrap().to_str().unwrap()),
+            FileKind::Pending {
+                id: 13,
+                prev: 12,
+                prev_len: 4096
+            }
+        );
+        for stray in [
+            "00000000000000000013.seg.after-12-4096",
+            "00000000000000000013.seg.after-00000000000000000012-",
+            "00000000000000000013.seg.after-00000000000000000012-+4",
+            "00000000000000000013.seg.after-00000000000000000012",
+        ] {
+            assert_eq!(classify(stray), FileKind::Unknown, "{stray}");
+        }
     }
 }

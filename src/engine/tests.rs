@@ -63,6 +63,7 @@ backend_tests!(
     interval_fsync_holds_under_sustained_writes,
     a_write_flood_does_not_queue_other_clients_behind_it,
     write_back_is_started_as_an_unsynced_segment_fills,
+    a_segment_written_during_a_background_seal_is_kept_only_after_a_whole_one,
     enospc_on_write_is_disk_full_and_recoverable,
     failed_fsync_poisons_writes_but_serves_reads,
     a_failed_disk_operation_while_writing_is_a_refusal_never_a_bare_io_error,
@@ -239,6 +240,97 @@ async fn compaction_keeps_latest_values<D: Disk>(disk: D, dir: &Path) {
         "no leftover files: {leftovers:?}"
     );
     p.close().await;
+}
+
+/// Which of keys `seal-0`.. `seal-{n-1}` a partition holds, each with the value it was given.
+async fn sealed_keys_found<D: Disk>(p: &Partition<D>, n: usize) -> Vec<bool> {
+    let mut found = Vec::new();
+    for i in 0..n {
+        let got = p.get(format!("seal-{i}").as_bytes()).await.unwrap();
+        if let Some(v) = &got {
+            assert_eq!(&v[..], format!("value-{i}").repeat(20).as_bytes());
+        }
+        found.push(got.is_some());
+    }
+    found
+}
+
+async fn a_segment_written_during_a_background_seal_is_kept_only_after_a_whole_one<D: Disk>(
+    disk: D,
+    dir: &Path,
+) {
+    // Guards against losing the writes a process crash left in a segment still under its
+    // pending name (the page cache had them all), and against keeping that segment after a
+    // power cut took records from the end of the segment before it (a hole in the log).
+    let mut c = cfg(dir);
+    c.fsync = super::durability::FsyncPolicy::Never;
+    c.auto_compact = false;
+    let n = 100;
+    let p = open(&disk, c.clone()).await;
+    for i in 0..n {
+        let v = format!("value-{i}").repeat(20);
+        p.set(b(format!("seal-{i}")), b(v)).await.unwrap();
+    }
+    p.close().await;
+    // What a crash before the background seal finished leaves: the newest segment under its
+    // pending name, the one before it without a hint.
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "the writes rotate segments");
+    let id_of = |p: &Path| -> u64 { p.file_stem().unwrap().to_str().unwrap().parse().unwrap() };
+    let (newest, prev) = (&segs[segs.len() - 1], &segs[segs.len() - 2]);
+    let prev_len = std::fs::metadata(prev).unwrap().len();
+    let pending = segment::pending_path(dir, id_of(newest), id_of(prev), prev_len);
+    let _ = std::fs::remove_file(segment::hint_path(dir, id_of(prev)));
+    let power_cut = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let from = e.unwrap().path();
+        let name = if from == *newest {
+            pending.file_name().unwrap().to_owned()
+        } else {
+            from.file_name().unwrap().to_owned()
+        };
+        std::fs::copy(&from, power_cut.path().join(name)).unwrap();
+    }
+    std::fs::rename(newest, &pending).unwrap();
+
+    // A process crash: the segment before it is whole, so the pending one joins the log.
+    let p = open(&disk, c.clone()).await;
+    assert_eq!(
+        sealed_keys_found(&p, n).await,
+        vec![true; n],
+        "a process crash"
+    );
+    p.close().await;
+    assert!(
+        newest.exists() && !pending.exists(),
+        "the segment has its own name"
+    );
+
+    // A power cut that took the last record of the segment before it: the pending segment
+    // goes, and what is left is a prefix of the writes.
+    let cut = power_cut.path().join(prev.file_name().unwrap());
+    let f = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
+    f.set_len(prev_len - 10).unwrap();
+    drop(f);
+    let mut c2 = c.clone();
+    c2.dir = power_cut.path().to_owned();
+    let p = open(&disk, c2).await;
+    let found = sealed_keys_found(&p, n).await;
+    p.close().await;
+    let kept = found.iter().take_while(|&&f| f).count();
+    assert!(
+        found[kept..].iter().all(|&f| !f),
+        "only a prefix of the writes survives: {found:?}"
+    );
+    assert!(
+        kept > 0 && kept < n - 1,
+        "the pending segment and a torn record went: {found:?}"
+    );
 }
 
 fn newest_segment(dir: &Path) -> std::path::PathBuf {
