@@ -61,7 +61,9 @@ impl StoreOptions {
         // Compaction waits for at least a segment's worth of garbage.
         c.compaction_min_dead_bytes = self.segment_bytes;
         c.fsync = self.fsync;
-        c.preallocate = self.preallocate;
+        // Zero-filling pays where every batch is fdatasynced; elsewhere it only writes each
+        // segment twice (see BENCHMARKS.md).
+        c.preallocate = self.preallocate && self.fsync == FsyncPolicy::Always;
         c.cache_bytes = self.cache_bytes / partitions.max(1) as usize;
         c
     }
