@@ -71,6 +71,10 @@ struct Figures {
     /// Cuts after which at least one writer had been refused with ReadOnly.
     refused_read_only: u64,
     lost_oldest: Option<Duration>,
+    /// Segments that open found under a pending name (a background seal cut short) and kept,
+    /// or dropped because the segment before them had lost its end.
+    pending_kept: u64,
+    pending_dropped: u64,
 }
 
 fn power_cuts(cuts: u64, policy: Policy, seed: u64) -> Option<Figures> {
@@ -116,6 +120,9 @@ fn power_cuts(cuts: u64, policy: Policy, seed: u64) -> Option<Figures> {
                 .sum::<u64>();
             fig.lost += c.lost;
             fig.unacked_landed += c.unacked_landed;
+            let log = server.log();
+            fig.pending_kept += log.matches("joins the log").count() as u64;
+            fig.pending_dropped += log.matches("lost records from its end").count() as u64;
             if policy == Policy::Always {
                 assert_eq!(
                     c.lost_acked_before_fault,
@@ -188,13 +195,16 @@ fn power_cuts(cuts: u64, policy: Policy, seed: u64) -> Option<Figures> {
     println!(
         "power cuts (--fsync {}): {} cuts, {} acknowledged operations checked ({} of them \
          before the cut began), {lost}, {} unacknowledged found done, {} cuts answered with \
-         ReadOnly before the kill, backends {backends:?}, seed {seed:#x}, {:.1?}",
+         ReadOnly before the kill, segments left under a pending name: {} kept, {} dropped; \
+         backends {backends:?}, seed {seed:#x}, {:.1?}",
         policy.flag(),
         fig.cuts,
         fig.acked,
         fig.acked_before_cut,
         fig.unacked_landed,
         fig.refused_read_only,
+        fig.pending_kept,
+        fig.pending_dropped,
         started.elapsed()
     );
     Some(fig)
