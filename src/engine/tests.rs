@@ -274,12 +274,7 @@ async fn a_segment_written_during_a_background_seal_is_kept_only_after_a_whole_o
     p.close().await;
     // What a crash before the background seal finished leaves: the newest segment under its
     // pending name, the one before it without a hint.
-    let mut segs: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    segs.sort();
+    let segs = segment_files(dir);
     assert!(segs.len() >= 3, "the writes rotate segments");
     let id_of = |p: &Path| -> u64 { p.file_stem().unwrap().to_str().unwrap().parse().unwrap() };
     let (newest, prev) = (&segs[segs.len() - 1], &segs[segs.len() - 2]);
@@ -333,14 +328,19 @@ async fn a_segment_written_during_a_background_seal_is_kept_only_after_a_whole_o
     );
 }
 
-fn newest_segment(dir: &Path) -> std::path::PathBuf {
+/// The segment files in `dir`, oldest first.
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut segs: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "seg"))
         .collect();
     segs.sort();
-    segs.pop().unwrap()
+    segs
+}
+
+fn newest_segment(dir: &Path) -> std::path::PathBuf {
+    segment_files(dir).pop().unwrap()
 }
 
 // Guards against a torn final write making the store unopenable or serving garbage.
