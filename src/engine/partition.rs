@@ -1639,6 +1639,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
     seg_ids.sort_unstable();
     if let Some(id) = settle_pending(disk, cfg, &seg_ids, pending).await? {
         seg_ids.push(id);
+        seg_ids.sort_unstable();
     }
 
     let mut headers = Vec::with_capacity(seg_ids.len());
