@@ -281,15 +281,21 @@ async fn a_segment_written_during_a_background_seal_is_kept_only_after_a_whole_o
     let prev_len = std::fs::metadata(prev).unwrap().len();
     let pending = segment::pending_path(dir, id_of(newest), id_of(prev), prev_len);
     let _ = std::fs::remove_file(segment::hint_path(dir, id_of(prev)));
-    let power_cut = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let from = e.unwrap().path();
-        let name = if from == *newest {
-            pending.file_name().unwrap().to_owned()
-        } else {
-            from.file_name().unwrap().to_owned()
-        };
-        std::fs::copy(&from, power_cut.path().join(name)).unwrap();
+    // Two power cuts, each on its own copy, in the segment before it: one tore its last
+    // record; the other left zeros where its records were (a preallocated segment's lost
+    // writes), so it scans cleanly but ends at its header, short of where the name says.
+    let cuts = [prev_len - 10, segment::SEGMENT_HEADER_BYTES];
+    let copies: Vec<_> = cuts.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    for copy in &copies {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let from = e.unwrap().path();
+            let name = if from == *newest {
+                pending.file_name().unwrap().to_owned()
+            } else {
+                from.file_name().unwrap().to_owned()
+            };
+            std::fs::copy(&from, copy.path().join(name)).unwrap();
+        }
     }
     std::fs::rename(newest, &pending).unwrap();
 
@@ -306,26 +312,35 @@ async fn a_segment_written_during_a_background_seal_is_kept_only_after_a_whole_o
         "the segment has its own name"
     );
 
-    // A power cut that took the last record of the segment before it: the pending segment
-    // goes, and what is left is a prefix of the writes.
-    let cut = power_cut.path().join(prev.file_name().unwrap());
-    let f = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
-    f.set_len(prev_len - 10).unwrap();
-    drop(f);
-    let mut c2 = c.clone();
-    c2.dir = power_cut.path().to_owned();
-    let p = open(&disk, c2).await;
-    let found = sealed_keys_found(&p, n).await;
-    p.close().await;
-    let kept = found.iter().take_while(|&&f| f).count();
-    assert!(
-        found[kept..].iter().all(|&f| !f),
-        "only a prefix of the writes survives: {found:?}"
-    );
-    assert!(
-        kept > 0 && kept < n - 1,
-        "the pending segment and a torn record went: {found:?}"
-    );
+    // After each power cut the pending segment goes, and what is left is a prefix of the
+    // writes.
+    for (copy, cut_at) in copies.iter().zip(cuts) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(copy.path().join(prev.file_name().unwrap()))
+            .unwrap();
+        if cut_at == segment::SEGMENT_HEADER_BYTES {
+            let zeros = vec![0u8; (prev_len - cut_at) as usize];
+            std::os::unix::fs::FileExt::write_all_at(&f, &zeros, cut_at).unwrap();
+        } else {
+            f.set_len(cut_at).unwrap();
+        }
+        drop(f);
+        let mut c2 = c.clone();
+        c2.dir = copy.path().to_owned();
+        let p = open(&disk, c2).await;
+        let found = sealed_keys_found(&p, n).await;
+        p.close().await;
+        let kept = found.iter().take_while(|&&f| f).count();
+        assert!(
+            found[kept..].iter().all(|&f| !f),
+            "cut at {cut_at}: only a prefix of the writes survives: {found:?}"
+        );
+        assert!(
+            kept > 0 && kept < n - 1,
+            "cut at {cut_at}: the pending segment and the lost records went: {found:?}"
+        );
+    }
 }
 
 /// The segment files in `dir`, oldest first.
