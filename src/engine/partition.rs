@@ -488,15 +488,10 @@ impl<D: Disk> Partition<D> {
             let _ = rx.await;
         }
         // No new preallocation starts once `closing` is set.
-        // The partition lives on one thread: nothing can end the compaction between the check
-        // and the wait's registration, which happens when it is first polled.
-        loop {
-            let idle = self.inner.compaction_idle.notified();
-            if !self.inner.state.borrow().compacting {
-                break;
-            }
-            idle.await;
-        }
+        wait_while(&self.inner.compaction_idle, || {
+            self.inner.state.borrow().compacting
+        })
+        .await;
         let spare = self.inner.spare_done.borrow_mut().take();
         if let Some(rx) = spare {
             let _ = rx.await;
@@ -506,15 +501,7 @@ impl<D: Disk> Partition<D> {
 
     /// Waits until no sealed segment is being synced in the background.
     async fn seal_settled(&self) {
-        // The partition lives on one thread: the seal cannot end between the check and the
-        // wait's creation, and a `Notified` receives `notify_waiters` once created.
-        loop {
-            let idle = self.inner.seal_idle.notified();
-            if !self.inner.sealing.get() {
-                break;
-            }
-            idle.await;
-        }
+        wait_while(&self.inner.seal_idle, || self.inner.sealing.get()).await;
     }
 
     // ---- the writer loop -------------------------------------------------------------
@@ -1425,6 +1412,32 @@ fn clone_err(e: &KvsError) -> KvsError {
     }
 }
 
+/// Waits until `busy` is false, re-checking it whenever `idle` is notified (with
+/// `notify_waiters`). The partition lives on one thread, so nothing can change `busy` between
+/// the check and the wait's creation, and a `Notified` receives `notify_waiters` once created.
+async fn wait_while(idle: &Notify, busy: impl Fn() -> bool) {
+    loop {
+        let notified = idle.notified();
+        if !busy() {
+            break;
+        }
+        notified.await;
+    }
+}
+
+/// The header of the segment at `path`, or `None` if it cannot be read or does not check out.
+async fn read_header<D: Disk>(
+    disk: &D,
+    path: &Path,
+) -> io::Result<(D::File, Option<SegmentHeader>)> {
+    let file = disk.open(path, false).await?;
+    let header = read_exact_at(&file, 0, SEGMENT_HEADER_BYTES as usize)
+        .await
+        .ok()
+        .and_then(|h| SegmentHeader::decode(&h).ok());
+    Ok((file, header))
+}
+
 async fn remove_if_exists<D: Disk>(disk: &D, path: &Path) -> io::Result<()> {
     match disk.remove(path).await {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -1843,22 +1856,14 @@ async fn settle_pending<D: Disk>(
         // Compactions take ids too: only segments they made may come after `prev`.
         let mut newest_log = seg_ids.contains(&prev);
         for &later in seg_ids.iter().filter(|&&later| later > prev) {
-            let file = disk.open(&segment::segment_path(dir, later), false).await?;
-            let head = read_exact_at(&file, 0, SEGMENT_HEADER_BYTES as usize).await;
-            let origin = head
-                .ok()
-                .and_then(|h| SegmentHeader::decode(&h).ok())
-                .map(|h| h.origin);
-            newest_log &= origin == Some(Origin::Compaction);
+            let (_, header) = read_header(disk, &segment::segment_path(dir, later)).await?;
+            newest_log &= header.is_some_and(|h| h.origin == Origin::Compaction);
         }
         let intact = if joined.is_none() && newest_log && id > prev {
             let prev_path = segment::segment_path(dir, prev);
-            let file = disk.open(&prev_path, false).await?;
+            let (file, header) = read_header(disk, &prev_path).await?;
             let file_len = file.len()?;
-            let head = read_exact_at(&file, 0, SEGMENT_HEADER_BYTES as usize).await;
-            let marks = head
-                .ok()
-                .and_then(|h| SegmentHeader::decode(&h).ok())
+            let marks = header
                 .filter(|h| h.origin == Origin::Log)
                 .map(|h| h.has_marks());
             match marks {

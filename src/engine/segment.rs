@@ -145,9 +145,8 @@ pub fn classify(name: &str) -> FileKind {
     }
     if let Some((stem, after)) = name.split_once(".seg.after-") {
         if let (Some(id), Some((prev, len))) = (parse(stem), after.split_once('-')) {
-            let len = (!len.starts_with('+'))
-                .then(|| len.parse::<u64>().ok())
-                .flatten();
+            // u64's parser takes a leading '+'; a name has digits only.
+            let len = len.parse::<u64>().ok().filter(|_| !len.starts_with('+'));
             if let (Some(prev), Some(prev_len)) = (parse(prev), len) {
                 return FileKind::Pending { id, prev, prev_len };
             }
