@@ -80,8 +80,6 @@ pub const STORE_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 /// Default value cache of a server, all partitions together.
 pub const SERVER_CACHE_BYTES_DEFAULT: usize = 1024 * 1024 * 1024;
 
-/// Default number of partitions a new data directory is created with by the server.
-pub const PARTITIONS_DEFAULT: u32 = 16;
 /// Most partitions a data directory may have.
 pub const PARTITIONS_MAX: u32 = 1024;
 
