@@ -39,6 +39,11 @@ struct Args {
     /// Partitions of the store.
     #[arg(long, default_value_t = 1)]
     partitions: u32,
+    /// Bytes of the value cache (default: `StoreOptions`'s). Loading fills the cache with the
+    /// newest values up to this bound, whatever the key count; 0 measures what the keys
+    /// themselves cost.
+    #[arg(long)]
+    cache_bytes: Option<usize>,
     /// Opens of each kind (with hints, without) per key count, alternated.
     #[arg(long, default_value_t = 3)]
     opens: usize,
@@ -71,7 +76,7 @@ fn main() {
         return;
     }
     if let Some(dir) = &args.load_only {
-        let store = KvStore::open_with(dir, options(args.io, args.partitions)).expect("open");
+        let store = KvStore::open_with(dir, options(&args)).expect("open");
         runtime().block_on(load(&store, args.keys[0], args.value_bytes));
         return;
     }
@@ -92,26 +97,29 @@ fn main() {
     }
     println!(
         "{{\"bench\":\"open_memory\",\"cpu\":\"{}\",\"cores\":{},\"kernel\":\"{}\",\"commit\":\"{}\",\
-         \"io\":\"{:?}\",\"partitions\":{},\"key_bytes\":{},\"value_bytes\":{},\"runs\":[{}]}}",
+         \"io\":\"{:?}\",\"partitions\":{},\"cache_bytes\":{},\"key_bytes\":{},\"value_bytes\":{},\"runs\":[{}]}}",
         env.cpu,
         env.cores,
         env.kernel,
         env.commit,
         args.io,
         args.partitions,
+        options(&args).cache_bytes,
         support::KEY_BYTES,
         args.value_bytes,
         runs.join(",")
     );
 }
 
-fn options(io: IoChoice, partitions: u32) -> StoreOptions {
+fn options(args: &Args) -> StoreOptions {
+    let default = StoreOptions::default();
     StoreOptions {
-        io: Some(io),
-        partitions,
+        io: Some(args.io),
+        partitions: args.partitions,
+        cache_bytes: args.cache_bytes.unwrap_or(default.cache_bytes),
         // Loading is not what is measured; the store is closed (and synced) before the opens.
         fsync: FsyncPolicy::Never,
-        ..StoreOptions::default()
+        ..default
     }
 }
 
@@ -161,6 +169,7 @@ fn measure_in_child(n: u64, args: &Args) -> String {
         .args(["--io", &format!("{:?}", args.io).to_lowercase()])
         .args(["--partitions", &args.partitions.to_string()])
         .args(["--opens", &args.opens.to_string()])
+        .args(cache_arg(args))
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("run the child");
@@ -175,7 +184,7 @@ fn measure_in_child(n: u64, args: &Args) -> String {
 fn measure(n: u64, args: &Args) -> String {
     let dir = tempfile::tempdir().expect("temporary directory");
     let rt = runtime();
-    let store = KvStore::open_with(dir.path(), options(args.io, args.partitions)).expect("open");
+    let store = KvStore::open_with(dir.path(), options(args)).expect("open");
     let rss_empty = support::rss_bytes();
     let started = Instant::now();
     rt.block_on(load(&store, n, args.value_bytes));
@@ -258,6 +267,13 @@ fn move_files(files: &[PathBuf], from: &Path, to: &Path) {
     }
 }
 
+/// `--cache-bytes` for a child process, when it was given.
+fn cache_arg(args: &Args) -> Vec<String> {
+    args.cache_bytes
+        .map(|b| vec!["--cache-bytes".to_owned(), b.to_string()])
+        .unwrap_or_default()
+}
+
 /// Opens the store in a fresh process.
 fn open_in_child(dir: &Path, args: &Args, n: u64) -> Opened {
     let out = std::process::Command::new(std::env::current_exe().expect("current exe"))
@@ -265,6 +281,7 @@ fn open_in_child(dir: &Path, args: &Args, n: u64) -> Opened {
         .arg("--child-open")
         .arg(dir)
         .args(["--io", &format!("{:?}", args.io).to_lowercase()])
+        .args(cache_arg(args))
         .output()
         .expect("run the child");
     assert!(
@@ -292,7 +309,7 @@ fn child_open(dir: &Path, args: &Args) {
     let rss_before = support::rss_bytes();
     let cpu_before = support::cpu_ns();
     let started = Instant::now();
-    let store = KvStore::open_with(dir, options(args.io, args.partitions)).expect("reopen");
+    let store = KvStore::open_with(dir, options(args)).expect("reopen");
     let open = started.elapsed();
     let cpu = support::cpu_ns() - cpu_before;
     let rss_after = support::rss_bytes();
@@ -311,7 +328,10 @@ fn smoke_test() {
     let rt = runtime();
     let opts = StoreOptions {
         segment_bytes: 64 * 1024,
-        ..options(IoChoice::Blocking, 1)
+        io: Some(IoChoice::Blocking),
+        partitions: 1,
+        fsync: FsyncPolicy::Never,
+        ..StoreOptions::default()
     };
     let store = KvStore::open_with(dir.path(), opts.clone()).expect("open");
     rt.block_on(load(&store, 3_000, 100));

@@ -39,7 +39,9 @@ pub struct StoreOptions {
     /// where it makes every batch's fdatasync faster; under the other policies it would only
     /// write each segment twice, and is ignored.
     pub preallocate: bool,
-    /// Bytes of values cached in memory, shared out among the partitions.
+    /// Bytes of values cached in memory, shared out among the partitions (default 1 GiB; 0
+    /// caches nothing). Writes and reads fill it up to this bound; a get of a cached key is
+    /// answered without I/O.
     pub cache_bytes: usize,
 }
 
