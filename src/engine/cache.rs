@@ -13,15 +13,21 @@
 //! which the store's handles answer gets of cached keys on the calling thread.
 
 use std::cell::Cell;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hashbrown::{DefaultHashBuilder, HashMap};
+use hashbrown::{DefaultHashBuilder, HashTable};
 
-/// Bytes charged per entry beyond its key and value (slab slot, map slot, two allocations).
-const ENTRY_OVERHEAD_BYTES: usize = 96;
-/// Bytes charged per entry for its place in a [`ReadMirror`] (a map slot of two `Bytes`).
-const MIRROR_OVERHEAD_BYTES: usize = 80;
+/// Bytes charged per entry beyond its key and value (see [`cost`]): its slab slot (72 bytes,
+/// up to twice that while the slab has room to grow), its table slot, and the shared headers
+/// `Bytes` gives its key and value when they are first handed out. Measured through the server
+/// (BENCHMARKS.md, "What a cached value costs"): a full cache's resident memory stays within
+/// its budget.
+const ENTRY_OVERHEAD_BYTES: usize = 160;
+/// Bytes charged per entry for its place in a [`ReadMirror`] (a map slot of two `Bytes`, up
+/// to twice that while the map has room to grow).
+const MIRROR_OVERHEAD_BYTES: usize = 160;
 
 /// The cached entries of a store's partitions, readable from any thread. Only the cache that
 /// owns an entry changes it; a reader sees an entry as of some moment between the write that
@@ -49,15 +55,40 @@ impl std::fmt::Debug for ReadMirror {
 }
 
 struct Entry {
+    /// The key and the value in allocations of their own exact sizes (one allocation of both
+    /// would round a 4 KiB value up to the allocator's next size class, a quarter more).
     key: Bytes,
     value: Bytes,
     referenced: Cell<bool>,
 }
 
 impl Entry {
-    fn cost(&self, overhead: usize) -> usize {
-        self.key.len() + self.value.len() + overhead
+    fn new(key: &[u8], value: &[u8]) -> Entry {
+        Entry {
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+            referenced: Cell::new(false),
+        }
     }
+
+    fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    fn value(&self) -> Bytes {
+        self.value.clone()
+    }
+
+    fn cost(&self, overhead: usize) -> usize {
+        cost(self.key.len(), self.value.len(), overhead)
+    }
+}
+
+/// What an entry is charged: its bytes, an eighth more for the allocator's rounding up to its
+/// size classes, and the fixed `overhead`.
+fn cost(key_len: usize, value_len: usize, overhead: usize) -> usize {
+    let bytes = key_len + value_len;
+    bytes + bytes / 8 + overhead
 }
 
 pub struct ValueCache {
@@ -66,7 +97,9 @@ pub struct ValueCache {
     /// Bytes charged per entry beyond its key and value.
     overhead: usize,
     slots: Vec<Entry>,
-    by_key: HashMap<Bytes, usize>,
+    /// Slot numbers, found by the hash of the slot's key.
+    by_key: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     hand: usize,
     mirror: Option<Arc<ReadMirror>>,
 }
@@ -84,42 +117,46 @@ impl ValueCache {
             used: 0,
             overhead,
             slots: Vec::new(),
-            by_key: HashMap::new(),
+            by_key: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
             hand: 0,
             mirror,
         }
     }
 
+    fn slot_of(&self, key: &[u8]) -> Option<usize> {
+        let hash = self.hasher.hash_one(key);
+        self.by_key
+            .find(hash, |&s| self.slots[s as usize].key() == key)
+            .map(|&s| s as usize)
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        let e = &self.slots[*self.by_key.get(key)?];
+        let e = &self.slots[self.slot_of(key)?];
         e.referenced.set(true);
-        Some(e.value.clone())
+        Some(e.value())
     }
 
     /// Caches `value` as the value of `key` (replacing any entry), evicting as needed.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) {
-        if let Some(&slot) = self.by_key.get(key) {
+        if let Some(slot) = self.slot_of(key) {
             // Overwrite in place when the new value fits the budget's rules; else drop it.
-            let old = self.slots[slot].value.len();
-            if key.len() + value.len() + self.overhead <= self.budget / 8
-                && self.used - old + value.len() <= self.budget
-            {
+            let old = self.slots[slot].cost(self.overhead);
+            let new = cost(key.len(), value.len(), self.overhead);
+            if new <= self.budget / 8 && self.used - old + new <= self.budget {
                 let e = &mut self.slots[slot];
-                e.value = Bytes::copy_from_slice(value);
+                let referenced = e.referenced.get();
+                *e = Entry::new(key, value);
+                e.referenced.set(referenced);
                 if let Some(m) = &self.mirror {
-                    m.map.insert(e.key.clone(), e.value.clone());
+                    m.map.insert(e.key.clone(), e.value());
                 }
-                self.used = self.used - old + value.len();
+                self.used = self.used - old + new;
                 return;
             }
             self.remove(key);
         }
-        let entry = Entry {
-            key: Bytes::copy_from_slice(key),
-            value: Bytes::copy_from_slice(value),
-            referenced: Cell::new(false),
-        };
-        let cost = entry.cost(self.overhead);
+        let cost = cost(key.len(), value.len(), self.overhead);
         if cost > self.budget / 8 {
             // One entry never takes more than an eighth of the cache.
             return;
@@ -127,16 +164,21 @@ impl ValueCache {
         while self.used + cost > self.budget && !self.slots.is_empty() {
             self.evict_one();
         }
+        let entry = Entry::new(key, value);
         self.used += cost;
-        self.by_key.insert(entry.key.clone(), self.slots.len());
+        let slot = u32::try_from(self.slots.len()).expect("cache slots fit u32");
+        let hash = self.hasher.hash_one(key);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.by_key
+            .insert_unique(hash, slot, |&s| hasher.hash_one(slots[s as usize].key()));
         if let Some(m) = &self.mirror {
-            m.map.insert(entry.key.clone(), entry.value.clone());
+            m.map.insert(entry.key.clone(), entry.value());
         }
         self.slots.push(entry);
     }
 
     pub fn remove(&mut self, key: &[u8]) {
-        if let Some(slot) = self.by_key.remove(key) {
+        if let Some(slot) = self.slot_of(key) {
             self.take_slot(slot);
         }
     }
@@ -151,30 +193,43 @@ impl ValueCache {
             if self.hand >= self.slots.len() {
                 self.hand = 0;
             }
-            let e = &self.slots[self.hand];
-            if e.referenced.replace(false) {
+            if self.slots[self.hand].referenced.replace(false) {
                 self.hand += 1;
                 continue;
             }
-            let key = e.key.clone();
-            self.by_key.remove(&key);
             self.take_slot(self.hand);
             return;
         }
     }
 
-    /// Removes the entry in `slot` (already unmapped) by moving the last entry into it.
+    /// Removes the entry in `slot`, and its table slot, by moving the last entry into it.
     fn take_slot(&mut self, slot: usize) {
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let hash = hasher.hash_one(slots[slot].key());
+        self.by_key
+            .find_entry(hash, |&s| s as usize == slot)
+            .expect("every slot is in the table")
+            .remove();
         let e = self.slots.swap_remove(slot);
         if let Some(m) = &self.mirror {
-            m.map.remove(&e.key);
+            m.map.remove(e.key());
         }
         self.used -= e.cost(self.overhead);
         if let Some(moved) = self.slots.get(slot) {
+            // The entry that was last now sits at `slot`: repoint its table slot.
+            let from = u32::try_from(self.slots.len()).expect("cache slots fit u32");
+            let hash = self.hasher.hash_one(moved.key());
             *self
                 .by_key
-                .get_mut(&moved.key)
-                .expect("every slot is mapped") = slot;
+                .find_mut(hash, |&s| s == from)
+                .expect("every slot is in the table") = slot as u32;
+        }
+        // Give memory back once the cache has shrunk to a quarter of its room.
+        if self.slots.capacity() > 1024 && self.slots.len() < self.slots.capacity() / 4 {
+            self.slots.shrink_to(self.slots.len() * 2);
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            self.by_key
+                .shrink_to(slots.len(), |&s| hasher.hash_one(slots[s as usize].key()));
         }
     }
 }
@@ -194,6 +249,26 @@ mod tests {
             c.insert(format!("k{i:06}").as_bytes(), b"x");
             assert!(c.used_bytes() <= 100 * (ENTRY_OVERHEAD_BYTES + 10));
         }
+    }
+
+    #[test]
+    fn a_cache_that_shrinks_keeps_every_entry_findable() {
+        // Guards against giving memory back (slab and table shrunk) losing track of entries.
+        let mirror = Arc::new(ReadMirror::default());
+        let mut c = ValueCache::new(usize::MAX / 2, Some(mirror.clone()));
+        for i in 0..5000u32 {
+            c.insert(&i.to_le_bytes(), &i.to_be_bytes());
+        }
+        for i in (0..5000u32).filter(|i| i % 10 != 0) {
+            c.remove(&i.to_le_bytes());
+        }
+        assert!(c.slots.capacity() < 4096, "{}", c.slots.capacity());
+        for i in 0..5000u32 {
+            let want = (i % 10 == 0).then(|| Bytes::copy_from_slice(&i.to_be_bytes()));
+            assert_eq!(c.get(&i.to_le_bytes()), want);
+            assert_eq!(mirror.get(&i.to_le_bytes()), want);
+        }
+        assert_eq!(c.used_bytes(), 500 * cost(4, 4, c.overhead));
     }
 
     #[test]
@@ -230,6 +305,9 @@ mod tests {
                 let sum: usize = c.slots.iter().map(|e| e.cost(c.overhead)).sum();
                 prop_assert_eq!(sum, c.used_bytes());
                 prop_assert_eq!(c.slots.len(), c.by_key.len());
+                for (i, e) in c.slots.iter().enumerate() {
+                    prop_assert_eq!(c.slot_of(e.key()), Some(i));
+                }
             }
         }
     }
