@@ -145,9 +145,7 @@ impl ValueCache {
             let new = cost(key.len(), value.len(), self.overhead);
             if new <= self.budget / 8 && self.used - old + new <= self.budget {
                 let e = &mut self.slots[slot];
-                let referenced = e.referenced.get();
-                *e = Entry::new(key, value);
-                e.referenced.set(referenced);
+                e.value = Bytes::copy_from_slice(value);
                 if let Some(m) = &self.mirror {
                     m.map.insert(e.key.clone(), e.value());
                 }
