@@ -75,12 +75,10 @@ pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Time the server gives in-flight work on SIGTERM before it exits anyway.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 
-/// Default value cache of an embedded store, all partitions together: 1 GiB, as the server's
-/// and as sled's default cache. It is a bound, not a reservation: the cache holds values
-/// written and read, and no more of them than fit.
-pub const STORE_CACHE_BYTES_DEFAULT: usize = 1024 * 1024 * 1024;
-/// Default value cache of a server, all partitions together.
-pub const SERVER_CACHE_BYTES_DEFAULT: usize = 1024 * 1024 * 1024;
+/// Default value cache of a server or an embedded store, all partitions together: 1 GiB, as
+/// sled's default cache. It is a bound, not a reservation: the cache holds values written and
+/// read, and no more of them than fit.
+pub const CACHE_BYTES_DEFAULT: usize = 1024 * 1024 * 1024;
 
 /// Most partitions a data directory may have.
 pub const PARTITIONS_MAX: u32 = 1024;

@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, default_value_t = kvs::limits::SEGMENT_BYTES_DEFAULT)]
     segment_bytes: u64,
     /// Bytes of values cached in memory for reads (all partitions together; 0 disables).
-    #[arg(long, default_value_t = kvs::limits::SERVER_CACHE_BYTES_DEFAULT)]
+    #[arg(long, default_value_t = kvs::limits::CACHE_BYTES_DEFAULT)]
     cache_bytes: usize,
     /// Connection cap; past it clients get an error and are closed.
     #[arg(long, default_value_t = kvs::limits::CONNECTIONS_MAX)]

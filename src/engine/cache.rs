@@ -71,12 +71,9 @@ impl Entry {
         }
     }
 
+    /// The key as a slice: what the table's hashes are taken of.
     fn key(&self) -> &[u8] {
         &self.key
-    }
-
-    fn value(&self) -> Bytes {
-        self.value.clone()
     }
 
     fn cost(&self, overhead: usize) -> usize {
@@ -134,7 +131,7 @@ impl ValueCache {
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
         let e = &self.slots[self.slot_of(key)?];
         e.referenced.set(true);
-        Some(e.value())
+        Some(e.value.clone())
     }
 
     /// Caches `value` as the value of `key` (replacing any entry), evicting as needed.
@@ -147,7 +144,7 @@ impl ValueCache {
                 let e = &mut self.slots[slot];
                 e.value = Bytes::copy_from_slice(value);
                 if let Some(m) = &self.mirror {
-                    m.map.insert(e.key.clone(), e.value());
+                    m.map.insert(e.key.clone(), e.value.clone());
                 }
                 self.used = self.used - old + new;
                 return;
@@ -170,7 +167,7 @@ impl ValueCache {
         self.by_key
             .insert_unique(hash, slot, |&s| hasher.hash_one(slots[s as usize].key()));
         if let Some(m) = &self.mirror {
-            m.map.insert(entry.key.clone(), entry.value());
+            m.map.insert(entry.key.clone(), entry.value.clone());
         }
         self.slots.push(entry);
     }

@@ -53,7 +53,7 @@ impl Default for StoreOptions {
             io: None,
             segment_bytes: crate::limits::SEGMENT_BYTES_DEFAULT,
             preallocate: true,
-            cache_bytes: crate::limits::STORE_CACHE_BYTES_DEFAULT,
+            cache_bytes: crate::limits::CACHE_BYTES_DEFAULT,
         }
     }
 }

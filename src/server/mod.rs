@@ -76,7 +76,7 @@ impl ServerConfig {
             fsync: FsyncPolicy::Always,
             partitions: None,
             segment_bytes: crate::limits::SEGMENT_BYTES_DEFAULT,
-            cache_bytes: crate::limits::SERVER_CACHE_BYTES_DEFAULT,
+            cache_bytes: crate::limits::CACHE_BYTES_DEFAULT,
             max_connections: CONNECTIONS_MAX,
             idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS),
             frame_timeout: Duration::from_millis(FRAME_TIMEOUT_MS),
