@@ -1,9 +1,17 @@
 //! A bounded cache of values for one partition, so hot reads stay off the disk path (the page
 //! cache on these machines is reclaimed within seconds and cannot be counted on).
 //!
-//! CLOCK eviction over a slab: each entry has a referenced bit set on every hit; the hand
-//! clears bits until it finds an unreferenced entry to evict. Keys and values are copied in, so
-//! a cached entry never pins a larger network buffer.
+//! Entries live in the hash table's own buckets. A small entry keeps its key and value in one
+//! allocation, so a hit touches the table's control bytes, its bucket and that one block:
+//! three cache misses where a slab of entries, a key allocation, a value allocation and a
+//! shared header took six (a W2 profile had the cache at 29% of the worker's time). A hit on a
+//! small value hands out a copy, which costs less than sharing it (an atomic count in a header
+//! of its own); a large value, or one shared with a read mirror, is kept in an allocation of
+//! its own and shared.
+//!
+//! CLOCK eviction over the table's buckets: each entry has a referenced bit set on every hit;
+//! the hand walks the buckets, clearing bits until it finds an unreferenced entry to evict.
+//! Keys and values are copied in, so a cached entry never pins a larger network buffer.
 //!
 //! Invariant: an entry holds the value of the newest acknowledged put of its key (writes update
 //! or remove entries as they are acknowledged); a budget of 0 caches nothing.
@@ -19,12 +27,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-/// Bytes charged per entry beyond its key and value (see [`cost`]): its slab slot (72 bytes,
-/// up to twice that while the slab has room to grow), its table slot, and the shared headers
-/// `Bytes` gives its key and value when they are first handed out. Measured through the server
+/// Key and value together up to this size share one allocation. Above it they are apart: one
+/// block would round a 4 KiB value up to the allocator's next size class, a quarter more, and
+/// copying it out on every hit would cost more than sharing it.
+const JOINED_BYTES_MAX: usize = 1024;
+/// Bytes charged per entry beyond its key and value (see [`cost`]) when they share one
+/// allocation: its table bucket and control byte (25 bytes, up to about twice that while the
+/// table has room to grow) and the allocation's own header. Measured through the server
 /// (BENCHMARKS.md, "What a cached value costs"): a full cache's resident memory stays within
 /// its budget.
-const ENTRY_OVERHEAD_BYTES: usize = 160;
+const JOINED_OVERHEAD_BYTES: usize = 64;
+/// Bytes charged per entry whose key and value are apart: the table bucket, the box of two
+/// `Bytes`, and the shared headers `Bytes` gives them when they are first handed out.
+const SPLIT_OVERHEAD_BYTES: usize = 160;
 /// Bytes charged per entry for its place in a [`ReadMirror`] (a map slot of two `Bytes`, up
 /// to twice that while the map has room to grow).
 const MIRROR_OVERHEAD_BYTES: usize = 160;
@@ -54,127 +69,188 @@ impl std::fmt::Debug for ReadMirror {
     }
 }
 
-struct Entry {
-    /// The key and the value in allocations of their own exact sizes (one allocation of both
-    /// would round a 4 KiB value up to the allocator's next size class, a quarter more).
+enum Data {
+    /// The key, then the value.
+    Joined(Box<[u8]>),
+    /// Apart, each in an allocation of its own exact size, shareable with a mirror.
+    Split(Box<Split>),
+}
+
+struct Split {
     key: Bytes,
     value: Bytes,
+}
+
+struct Entry {
+    data: Data,
+    /// The key's length (in a joined block, where the value starts).
+    key_len: u32,
     referenced: Cell<bool>,
 }
 
 impl Entry {
-    fn new(key: &[u8], value: &[u8]) -> Entry {
+    /// An entry of `key` and `value`; apart where `split` says so.
+    fn new(key: &[u8], value: &[u8], split: bool) -> Entry {
+        let data = if split {
+            Data::Split(Box::new(Split {
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::copy_from_slice(value),
+            }))
+        } else {
+            let mut block = Vec::with_capacity(key.len() + value.len());
+            block.extend_from_slice(key);
+            block.extend_from_slice(value);
+            Data::Joined(block.into_boxed_slice())
+        };
         Entry {
-            key: Bytes::copy_from_slice(key),
-            value: Bytes::copy_from_slice(value),
+            data,
+            key_len: u32::try_from(key.len()).expect("keys are limited far below 4 GiB"),
             referenced: Cell::new(false),
         }
     }
 
-    /// The key as a slice: what the table's hashes are taken of.
+    /// The key: what the table's hashes are taken of.
     fn key(&self) -> &[u8] {
-        &self.key
+        match &self.data {
+            Data::Joined(b) => &b[..self.key_len as usize],
+            Data::Split(s) => &s.key,
+        }
     }
 
-    fn cost(&self, overhead: usize) -> usize {
-        cost(self.key.len(), self.value.len(), overhead)
+    fn value_len(&self) -> usize {
+        match &self.data {
+            Data::Joined(b) => b.len() - self.key_len as usize,
+            Data::Split(s) => s.value.len(),
+        }
+    }
+
+    /// The value to hand out: a copy of a small one, a share of a large one.
+    fn value(&self) -> Bytes {
+        match &self.data {
+            Data::Joined(b) => Bytes::copy_from_slice(&b[self.key_len as usize..]),
+            Data::Split(s) => s.value.clone(),
+        }
     }
 }
 
 /// What an entry is charged: its bytes, an eighth more for the allocator's rounding up to its
-/// size classes, and the fixed `overhead`.
-fn cost(key_len: usize, value_len: usize, overhead: usize) -> usize {
+/// size classes, and the fixed overhead of its kind.
+fn cost(key_len: usize, value_len: usize, split: bool, mirror: bool) -> usize {
     let bytes = key_len + value_len;
-    bytes + bytes / 8 + overhead
+    let overhead = if split {
+        SPLIT_OVERHEAD_BYTES
+    } else {
+        JOINED_OVERHEAD_BYTES
+    };
+    bytes + bytes / 8 + overhead + if mirror { MIRROR_OVERHEAD_BYTES } else { 0 }
 }
 
 pub struct ValueCache {
     budget: usize,
     used: usize,
-    /// Bytes charged per entry beyond its key and value.
-    overhead: usize,
-    slots: Vec<Entry>,
-    /// Slot numbers, found by the hash of the slot's key.
-    by_key: HashTable<u32>,
+    table: HashTable<Entry>,
     hasher: DefaultHashBuilder,
+    /// The CLOCK hand: a bucket number of `table`.
     hand: usize,
     mirror: Option<Arc<ReadMirror>>,
 }
 
 impl ValueCache {
     pub fn new(budget: usize, mirror: Option<Arc<ReadMirror>>) -> ValueCache {
-        let overhead = ENTRY_OVERHEAD_BYTES
-            + if mirror.is_some() {
-                MIRROR_OVERHEAD_BYTES
-            } else {
-                0
-            };
         ValueCache {
             budget,
             used: 0,
-            overhead,
-            slots: Vec::new(),
-            by_key: HashTable::new(),
+            table: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
             hand: 0,
             mirror,
         }
     }
 
-    fn slot_of(&self, key: &[u8]) -> Option<usize> {
+    /// Whether an entry of this size keeps key and value apart: large ones, and every one an
+    /// embedded store's mirror shares.
+    fn split(&self, key_len: usize, value_len: usize) -> bool {
+        self.mirror.is_some() || key_len + value_len > JOINED_BYTES_MAX
+    }
+
+    fn entry_cost(&self, e: &Entry) -> usize {
+        let split = matches!(e.data, Data::Split(_));
+        cost(e.key().len(), e.value_len(), split, self.mirror.is_some())
+    }
+
+    fn find(&self, key: &[u8]) -> Option<&Entry> {
         let hash = self.hasher.hash_one(key);
-        self.by_key
-            .find(hash, |&s| self.slots[s as usize].key() == key)
-            .map(|&s| s as usize)
+        self.table.find(hash, |e| e.key() == key)
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        let e = &self.slots[self.slot_of(key)?];
+        let e = self.find(key)?;
         e.referenced.set(true);
-        Some(e.value.clone())
+        Some(e.value())
     }
 
     /// Caches `value` as the value of `key` (replacing any entry), evicting as needed.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) {
-        if let Some(slot) = self.slot_of(key) {
+        let split = self.split(key.len(), value.len());
+        let charge = cost(key.len(), value.len(), split, self.mirror.is_some());
+        let hash = self.hasher.hash_one(key);
+        let (budget, used, mirrored) = (self.budget, self.used, self.mirror.is_some());
+        if let Some(e) = self.table.find_mut(hash, |e| e.key() == key) {
             // Overwrite in place when the new value fits the budget's rules; else drop it.
-            let old = self.slots[slot].cost(self.overhead);
-            let new = cost(key.len(), value.len(), self.overhead);
-            if new <= self.budget / 8 && self.used - old + new <= self.budget {
-                let e = &mut self.slots[slot];
-                e.value = Bytes::copy_from_slice(value);
-                if let Some(m) = &self.mirror {
-                    m.map.insert(e.key.clone(), e.value.clone());
+            let old = cost(
+                key.len(),
+                e.value_len(),
+                matches!(e.data, Data::Split(_)),
+                mirrored,
+            );
+            if charge <= budget / 8 && used - old + charge <= budget {
+                let referenced = e.referenced.get();
+                *e = Entry::new(key, value, split);
+                e.referenced.set(referenced);
+                if let (Some(m), Data::Split(s)) = (&self.mirror, &e.data) {
+                    m.map.insert(s.key.clone(), s.value.clone());
                 }
-                self.used = self.used - old + new;
+                self.used = used - old + charge;
                 return;
             }
             self.remove(key);
         }
-        let cost = cost(key.len(), value.len(), self.overhead);
-        if cost > self.budget / 8 {
+        if charge > self.budget / 8 {
             // One entry never takes more than an eighth of the cache.
             return;
         }
-        while self.used + cost > self.budget && !self.slots.is_empty() {
+        while self.used + charge > self.budget && !self.table.is_empty() {
             self.evict_one();
         }
-        let entry = Entry::new(key, value);
-        self.used += cost;
-        let slot = u32::try_from(self.slots.len()).expect("cache slots fit u32");
-        let hash = self.hasher.hash_one(key);
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.by_key
-            .insert_unique(hash, slot, |&s| hasher.hash_one(slots[s as usize].key()));
-        if let Some(m) = &self.mirror {
-            m.map.insert(entry.key.clone(), entry.value.clone());
+        let entry = Entry::new(key, value, split);
+        if let (Some(m), Data::Split(s)) = (&self.mirror, &entry.data) {
+            m.map.insert(s.key.clone(), s.value.clone());
         }
-        self.slots.push(entry);
+        self.used += charge;
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(hash, entry, |e| hasher.hash_one(e.key()));
     }
 
     pub fn remove(&mut self, key: &[u8]) {
-        if let Some(slot) = self.slot_of(key) {
-            self.take_slot(slot);
+        let hash = self.hasher.hash_one(key);
+        if let Ok(found) = self.table.find_entry(hash, |e| e.key() == key) {
+            let (e, _) = found.remove();
+            self.forget(&e);
+        }
+    }
+
+    /// Accounts for an entry taken out of the table, and takes it out of the mirror.
+    fn forget(&mut self, e: &Entry) {
+        if let Some(m) = &self.mirror {
+            m.map.remove(e.key());
+        }
+        self.used -= self.entry_cost(e);
+        // Give memory back once the cache has shrunk to a quarter of its room.
+        if self.table.capacity() > 1024 && self.table.len() < self.table.capacity() / 4 {
+            let hasher = &self.hasher;
+            self.table
+                .shrink_to(self.table.len() * 2, |e| hasher.hash_one(e.key()));
         }
     }
 
@@ -183,48 +259,27 @@ impl ValueCache {
         self.used
     }
 
+    /// Evicts one entry; the table must not be empty.
     fn evict_one(&mut self) {
         loop {
-            if self.hand >= self.slots.len() {
+            if self.hand >= self.table.num_buckets() {
                 self.hand = 0;
             }
-            if self.slots[self.hand].referenced.replace(false) {
-                self.hand += 1;
-                continue;
+            let bucket = self.hand;
+            self.hand += 1;
+            match self.table.get_bucket(bucket) {
+                Some(e) if !e.referenced.replace(false) => {
+                    let (e, _) = self
+                        .table
+                        .get_bucket_entry(bucket)
+                        .map_err(|_| ())
+                        .expect("bucket is occupied")
+                        .remove();
+                    self.forget(&e);
+                    return;
+                }
+                _ => {}
             }
-            self.take_slot(self.hand);
-            return;
-        }
-    }
-
-    /// Removes the entry in `slot`, and its table slot, by moving the last entry into it.
-    fn take_slot(&mut self, slot: usize) {
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        let hash = hasher.hash_one(slots[slot].key());
-        self.by_key
-            .find_entry(hash, |&s| s as usize == slot)
-            .expect("every slot is in the table")
-            .remove();
-        let e = self.slots.swap_remove(slot);
-        if let Some(m) = &self.mirror {
-            m.map.remove(e.key());
-        }
-        self.used -= e.cost(self.overhead);
-        if let Some(moved) = self.slots.get(slot) {
-            // The entry that was last now sits at `slot`: repoint its table slot.
-            let from = u32::try_from(self.slots.len()).expect("cache slots fit u32");
-            let hash = self.hasher.hash_one(moved.key());
-            *self
-                .by_key
-                .find_mut(hash, |&s| s == from)
-                .expect("every slot is in the table") = slot as u32;
-        }
-        // Give memory back once the cache has shrunk to a quarter of its room.
-        if self.slots.capacity() > 1024 && self.slots.len() < self.slots.capacity() / 4 {
-            self.slots.shrink_to(self.slots.len() * 2);
-            let (slots, hasher) = (&self.slots, &self.hasher);
-            self.by_key
-                .shrink_to(slots.len(), |&s| hasher.hash_one(slots[s as usize].key()));
         }
     }
 }
@@ -237,33 +292,39 @@ mod tests {
     #[test]
     fn cache_stays_within_budget_and_keeps_hot_entries() {
         // Guards against the cache growing without bound or evicting what is being read.
-        let mut c = ValueCache::new(100 * (ENTRY_OVERHEAD_BYTES + 10), None);
+        let budget = 100 * (JOINED_OVERHEAD_BYTES + 10);
+        let mut c = ValueCache::new(budget, None);
         c.insert(b"hot", b"1234567");
         for i in 0..1000 {
             assert!(c.get(b"hot").is_some(), "hot entry evicted at {i}");
             c.insert(format!("k{i:06}").as_bytes(), b"x");
-            assert!(c.used_bytes() <= 100 * (ENTRY_OVERHEAD_BYTES + 10));
+            assert!(c.used_bytes() <= budget);
         }
+        assert!(c.table.len() > 50, "{} entries", c.table.len());
     }
 
     #[test]
     fn a_cache_that_shrinks_keeps_every_entry_findable() {
-        // Guards against giving memory back (slab and table shrunk) losing track of entries.
-        let mirror = Arc::new(ReadMirror::default());
-        let mut c = ValueCache::new(usize::MAX / 2, Some(mirror.clone()));
-        for i in 0..5000u32 {
-            c.insert(&i.to_le_bytes(), &i.to_be_bytes());
+        // Guards against giving memory back (the table shrunk) losing track of entries.
+        for mirror in [None, Some(Arc::new(ReadMirror::default()))] {
+            let mut c = ValueCache::new(usize::MAX / 2, mirror.clone());
+            for i in 0..5000u32 {
+                c.insert(&i.to_le_bytes(), &i.to_be_bytes());
+            }
+            for i in (0..5000u32).filter(|i| i % 10 != 0) {
+                c.remove(&i.to_le_bytes());
+            }
+            assert!(c.table.capacity() < 4096, "{}", c.table.capacity());
+            for i in 0..5000u32 {
+                let want = (i % 10 == 0).then(|| Bytes::copy_from_slice(&i.to_be_bytes()));
+                assert_eq!(c.get(&i.to_le_bytes()), want);
+                if let Some(m) = &mirror {
+                    assert_eq!(m.get(&i.to_le_bytes()), want);
+                }
+            }
+            let each = cost(4, 4, mirror.is_some(), mirror.is_some());
+            assert_eq!(c.used_bytes(), 500 * each);
         }
-        for i in (0..5000u32).filter(|i| i % 10 != 0) {
-            c.remove(&i.to_le_bytes());
-        }
-        assert!(c.slots.capacity() < 4096, "{}", c.slots.capacity());
-        for i in 0..5000u32 {
-            let want = (i % 10 == 0).then(|| Bytes::copy_from_slice(&i.to_be_bytes()));
-            assert_eq!(c.get(&i.to_le_bytes()), want);
-            assert_eq!(mirror.get(&i.to_le_bytes()), want);
-        }
-        assert_eq!(c.used_bytes(), 500 * cost(4, 4, c.overhead));
     }
 
     #[test]
@@ -278,31 +339,44 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
-        fn cache_never_returns_a_stale_value(ops in proptest::collection::vec((0u8..20, proptest::option::of(any::<u8>())), 1..400)) {
+        fn cache_never_returns_a_stale_value(
+            mirrored in any::<bool>(),
+            ops in proptest::collection::vec(
+                (0u8..20, proptest::option::of((any::<u8>(), prop_oneof![Just(1usize), Just(2000)]))),
+                1..400,
+            ),
+        ) {
             // Guards against a cached value (or its mirror) outliving the write that replaced or
-            // removed it.
-            let mirror = Arc::new(ReadMirror::default());
-            let mut c = ValueCache::new(8 * (ENTRY_OVERHEAD_BYTES + MIRROR_OVERHEAD_BYTES + 2), Some(mirror.clone()));
+            // removed it, with small (joined) and large (split) values overwriting each other.
+            let mirror = mirrored.then(|| Arc::new(ReadMirror::default()));
+            let budget = 10 * cost(1, 2000, true, mirrored);
+            let mut c = ValueCache::new(budget, mirror.clone());
             let mut model = std::collections::HashMap::new();
             for (k, v) in ops {
                 match v {
-                    Some(v) => { c.insert(&[k], &[v]); model.insert(k, v); }
+                    Some((byte, len)) => {
+                        let value = vec![byte; len];
+                        c.insert(&[k], &value);
+                        model.insert(k, value);
+                    }
                     None => { c.remove(&[k]); model.remove(&k); }
                 }
                 for key in 0u8..20 {
-                    // The mirror holds exactly what the cache holds.
-                    prop_assert_eq!(mirror.get(&[key]), c.get(&[key]));
-                    if let Some(got) = c.get(&[key]) {
-                        prop_assert_eq!(Some(&got[0]), model.get(&key));
+                    let got = c.get(&[key]);
+                    if let Some(m) = &mirror {
+                        // The mirror holds exactly what the cache holds.
+                        prop_assert_eq!(m.get(&[key]), got.clone());
+                    }
+                    if let Some(got) = got {
+                        prop_assert_eq!(Some(&got.to_vec()), model.get(&key));
                     }
                 }
-                prop_assert_eq!(mirror.entries(), c.slots.len());
-                let sum: usize = c.slots.iter().map(|e| e.cost(c.overhead)).sum();
-                prop_assert_eq!(sum, c.used_bytes());
-                prop_assert_eq!(c.slots.len(), c.by_key.len());
-                for (i, e) in c.slots.iter().enumerate() {
-                    prop_assert_eq!(c.slot_of(e.key()), Some(i));
+                if let Some(m) = &mirror {
+                    prop_assert_eq!(m.entries(), c.table.len());
                 }
+                let sum: usize = c.table.iter().map(|e| c.entry_cost(e)).sum();
+                prop_assert_eq!(sum, c.used_bytes());
+                prop_assert!(c.used_bytes() <= budget);
             }
         }
     }
