@@ -60,8 +60,8 @@ pub type Encoder = fn(OpResult, &mut Vec<u8>);
 /// stream.
 pub enum Slot {
     Ready(Vec<u8>),
-    /// A result known at once, encoded only when it is written (a cached value is shared, not
-    /// copied, however many requests wait for it).
+    /// A result known at once, encoded only when it is written (a large cached value is shared,
+    /// not copied, however many requests wait for it).
     Done {
         result: OpResult,
         encode: Encoder,
@@ -88,6 +88,12 @@ impl Slot {
     fn charge(&self) -> usize {
         match self {
             Slot::Task(_, bytes) | Slot::Wait { charge: bytes, .. } => *bytes,
+            // A small cached value is a copy of its own (a large one is shared, and charged
+            // the same, to keep the rule simple).
+            Slot::Done {
+                result: Ok(Some(value)),
+                ..
+            } => value.len(),
             _ => 0,
         }
     }
