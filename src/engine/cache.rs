@@ -183,6 +183,11 @@ impl ValueCache {
         self.table.find(hash, |e| e.key() == key)
     }
 
+    /// Whether `key` is cached (without counting it as a hit).
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.find(key).is_some()
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
         let e = self.find(key)?;
         e.referenced.set(true);
@@ -204,9 +209,17 @@ impl ValueCache {
                 mirrored,
             );
             if charge <= budget / 8 && used - old + charge <= budget {
-                let referenced = e.referenced.get();
-                *e = Entry::new(key, value, split);
-                e.referenced.set(referenced);
+                match &mut e.data {
+                    // A value of the same size overwrites the old one in its block.
+                    Data::Joined(b) if b.len() == key.len() + value.len() => {
+                        b[key.len()..].copy_from_slice(value);
+                    }
+                    _ => {
+                        let referenced = e.referenced.get();
+                        *e = Entry::new(key, value, split);
+                        e.referenced.set(referenced);
+                    }
+                }
                 if let (Some(m), Data::Split(s)) = (&self.mirror, &e.data) {
                     m.map.insert(s.key.clone(), s.value.clone());
                 }

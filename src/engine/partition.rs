@@ -735,6 +735,11 @@ impl<D: Disk> Partition<D> {
         }
 
         let mut st = self.inner.state.borrow_mut();
+        // Look every key up first: lookups in a tight loop overlap their cache misses, which the
+        // updates below would otherwise take one after another.
+        for o in &ops {
+            std::hint::black_box((st.index.get(&o.key), st.cache.contains(&o.key)));
+        }
         let mut filter_full = false;
         for o in &ops {
             let offset = tail + o.at as u64;
