@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kvs::protocol::{ErrorKind, Request, Response};
 use support::native::NativeConn;
-use support::server::{io_backends, run_to_exit, Server, ServerBuilder, SERVER_BIN};
+use support::server::{
+    io_backends, mib, run_to_exit, status_kib, Server, ServerBuilder, SERVER_BIN,
+};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -500,4 +502,61 @@ fn empty_directory_starts_listening_quickly() {
     eprintln!("empty directory listening after {took:?}");
     assert!(took < Duration::from_secs(5));
     drop(server);
+}
+
+#[test]
+fn the_cache_budget_bounds_the_servers_memory() {
+    // Guards against the value cache growing past `--cache-bytes`: 116 MB of values go through
+    // a server with a 4 MiB cache (large values, kept apart, and small ones, kept with their
+    // keys), are all read back, and the server's resident memory must grow by far less.
+    const LARGE: usize = 2_000; // 32 KiB each
+    const SMALL: usize = 60_000; // 900 B each
+    let value = |i: usize, len: usize| Bytes::from(vec![(i % 251) as u8; len]);
+    let keys: Vec<(Bytes, usize)> = (0..LARGE)
+        .map(|i| (b(&format!("large{i}")), 32 * 1024))
+        .chain((0..SMALL).map(|i| (b(&format!("small{i}")), 900)))
+        .collect();
+    for io in io_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerBuilder::new(dir.path())
+            .io(io)
+            .args(["--cores", "1", "--no-pin", "--fsync", "never"])
+            .args(["--cache-bytes", &(4 << 20).to_string()])
+            .start();
+        let pid = server.child.id();
+        let mut c = NativeConn::connect(server.addr);
+        let before_kib = status_kib(pid, "VmRSS");
+        for (n, chunk) in keys.chunks(100).enumerate() {
+            let sets: Vec<Request> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, (key, len))| Request::Set {
+                    key: key.clone(),
+                    value: value(n * 100 + j, *len),
+                })
+                .collect();
+            c.send(&sets);
+            for _ in &sets {
+                assert_eq!(c.recv(), Some(Response::Ok), "{io}");
+            }
+        }
+        for (n, chunk) in keys.chunks(100).enumerate() {
+            let gets: Vec<Request> = chunk
+                .iter()
+                .map(|(key, _)| Request::Get { key: key.clone() })
+                .collect();
+            c.send(&gets);
+            for (j, (key, len)) in chunk.iter().enumerate() {
+                let want = Response::Value(Some(value(n * 100 + j, *len)));
+                assert_eq!(c.recv(), Some(want), "{io}: {key:?}");
+            }
+        }
+        let grown = mib(status_kib(pid, "VmRSS").saturating_sub(before_kib));
+        println!(
+            "{io}: 116 MB written and read through a 4 MiB cache: resident memory grew {grown} MiB"
+        );
+        // The index of 62,000 keys, the buffers of a 100-request pipeline and the allocator's
+        // slack stay well under 40 MiB; a cache that kept everything would add 116 MB.
+        assert!(grown < 40, "{io}: resident memory grew {grown} MiB");
+    }
 }
