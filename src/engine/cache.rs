@@ -124,6 +124,19 @@ impl Entry {
         }
     }
 
+    /// What the entry is charged (see [`cost`]).
+    fn cost(&self, mirrored: bool) -> usize {
+        let split = matches!(self.data, Data::Split(_));
+        cost(self.key_len as usize, self.value_len(), split, mirrored)
+    }
+
+    /// Puts the entry in `mirror`, if there is one (its entries are all split).
+    fn mirror_into(&self, mirror: &Option<Arc<ReadMirror>>) {
+        if let (Some(m), Data::Split(s)) = (mirror, &self.data) {
+            m.map.insert(s.key.clone(), s.value.clone());
+        }
+    }
+
     /// The value to hand out: a copy of a small one, a share of a large one.
     fn value(&self) -> Bytes {
         match &self.data {
@@ -174,8 +187,7 @@ impl ValueCache {
     }
 
     fn entry_cost(&self, e: &Entry) -> usize {
-        let split = matches!(e.data, Data::Split(_));
-        cost(e.key().len(), e.value_len(), split, self.mirror.is_some())
+        e.cost(self.mirror.is_some())
     }
 
     fn find(&self, key: &[u8]) -> Option<&Entry> {
@@ -202,12 +214,7 @@ impl ValueCache {
         let (budget, used, mirrored) = (self.budget, self.used, self.mirror.is_some());
         if let Some(e) = self.table.find_mut(hash, |e| e.key() == key) {
             // Overwrite in place when the new value fits the budget's rules; else drop it.
-            let old = cost(
-                key.len(),
-                e.value_len(),
-                matches!(e.data, Data::Split(_)),
-                mirrored,
-            );
+            let old = e.cost(mirrored);
             if charge <= budget / 8 && used - old + charge <= budget {
                 match &mut e.data {
                     // A value of the same size overwrites the old one in its block.
@@ -220,9 +227,7 @@ impl ValueCache {
                         e.referenced.set(referenced);
                     }
                 }
-                if let (Some(m), Data::Split(s)) = (&self.mirror, &e.data) {
-                    m.map.insert(s.key.clone(), s.value.clone());
-                }
+                e.mirror_into(&self.mirror);
                 self.used = used - old + charge;
                 return;
             }
@@ -236,9 +241,7 @@ impl ValueCache {
             self.evict_one();
         }
         let entry = Entry::new(key, value, split);
-        if let (Some(m), Data::Split(s)) = (&self.mirror, &entry.data) {
-            m.map.insert(s.key.clone(), s.value.clone());
-        }
+        entry.mirror_into(&self.mirror);
         self.used += charge;
         let hasher = &self.hasher;
         self.table
