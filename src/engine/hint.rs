@@ -5,6 +5,10 @@
 //! segment length u64 | crc32c u32` (the checksum covers the 32 bytes before it), then `count`
 //! entries `seq u64 | kind u8 | key_len u32 | value_len u32 | offset u64 | key`, then a crc32c
 //! u32 of all entry bytes. A hint that does not check out is ignored and the segment scanned.
+//!
+//! The active segment's hint is built as the segment grows ([`HintBuilder`]) and written under
+//! a temporary name, so that it is never held whole in memory; it is complete, and takes its
+//! own name, once the segment is sealed.
 
 use super::record::{RecordKind, RECORD_HEADER_BYTES};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
@@ -31,8 +35,32 @@ impl HintEntry<'_> {
     }
 }
 
-/// Builds a hint file's bytes entry by entry.
-#[derive(Clone, Default)]
+/// Entry bytes buffered before [`HintBuilder::wants_write`] asks for them to be written out.
+pub const HINT_CHUNK_BYTES: usize = 256 * 1024;
+
+fn encode_entry(out: &mut Vec<u8>, e: &HintEntry<'_>) {
+    out.extend_from_slice(&e.seq.to_le_bytes());
+    out.push(e.kind as u8);
+    out.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&e.value_len.to_le_bytes());
+    out.extend_from_slice(&e.offset.to_le_bytes());
+    out.extend_from_slice(e.key);
+}
+
+fn encode_header(count: u32, id: u64, segment_len: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HINT_HEADER_BYTES);
+    out.extend_from_slice(&HINT_MAGIC);
+    out.extend_from_slice(&HINT_VERSION.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&segment_len.to_le_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Builds a hint file's bytes entry by entry, all in memory (a compaction output's hint).
+#[derive(Default)]
 pub struct HintWriter {
     body: Vec<u8>,
     count: u32,
@@ -40,29 +68,69 @@ pub struct HintWriter {
 
 impl HintWriter {
     pub fn push(&mut self, e: &HintEntry<'_>) {
-        self.body.extend_from_slice(&e.seq.to_le_bytes());
-        self.body.push(e.kind as u8);
-        self.body
-            .extend_from_slice(&(e.key.len() as u32).to_le_bytes());
-        self.body.extend_from_slice(&e.value_len.to_le_bytes());
-        self.body.extend_from_slice(&e.offset.to_le_bytes());
-        self.body.extend_from_slice(e.key);
+        encode_entry(&mut self.body, e);
         self.count += 1;
     }
 
     /// The complete file for segment `id` whose records end at `segment_len`.
     pub fn finish(self, id: u64, segment_len: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HINT_HEADER_BYTES + self.body.len() + 4);
-        out.extend_from_slice(&HINT_MAGIC);
-        out.extend_from_slice(&HINT_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.count.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&segment_len.to_le_bytes());
-        let crc = crc32c::crc32c(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
+        let mut out = encode_header(self.count, id, segment_len);
+        out.reserve(self.body.len() + 4);
         out.extend_from_slice(&self.body);
         out.extend_from_slice(&crc32c::crc32c(&self.body).to_le_bytes());
         out
+    }
+}
+
+/// Builds the hint of a segment as the segment grows, a chunk at a time: the owner writes each
+/// chunk [`HintBuilder::take`] hands it at the offset it names, and at the end the two pieces
+/// [`HintBuilder::finish`] gives. The file is then byte for byte what [`HintWriter::finish`]
+/// makes of the same entries, but no more than a chunk of it is ever in memory (a whole hint is
+/// about 20 MB for a 64 MiB segment of 100-byte values).
+///
+/// Until `finish`, the header's place holds zeros, so a file cut short anywhere never checks
+/// out.
+#[derive(Default)]
+pub struct HintBuilder {
+    /// Entry bytes not yet taken.
+    pending: Vec<u8>,
+    count: u32,
+    /// crc32c of the entry bytes taken so far.
+    crc: u32,
+    /// Entry bytes taken so far.
+    taken: u64,
+}
+
+impl HintBuilder {
+    pub fn push(&mut self, e: &HintEntry<'_>) {
+        encode_entry(&mut self.pending, e);
+        self.count += 1;
+    }
+
+    /// Whether enough entry bytes wait to be worth a write.
+    pub fn wants_write(&self) -> bool {
+        self.pending.len() >= HINT_CHUNK_BYTES
+    }
+
+    /// Takes the entry bytes not yet taken, with the file offset they belong at; `spare` (an
+    /// earlier chunk's buffer, or a new one) collects the entries that follow.
+    pub fn take(&mut self, mut spare: Vec<u8>) -> (u64, Vec<u8>) {
+        spare.clear();
+        let chunk = std::mem::replace(&mut self.pending, spare);
+        let pos = HINT_HEADER_BYTES as u64 + self.taken;
+        self.crc = crc32c::crc32c_append(self.crc, &chunk);
+        self.taken += chunk.len() as u64;
+        (pos, chunk)
+    }
+
+    /// Ends the hint of segment `id`, whose records end at `segment_len`: the header, to be
+    /// written at offset 0, and the rest of the file (the entries not yet taken and the
+    /// checksum) with its offset. Write the rest first, then the header.
+    pub fn finish(mut self, id: u64, segment_len: u64) -> (Vec<u8>, u64, Vec<u8>) {
+        let header = encode_header(self.count, id, segment_len);
+        let (pos, mut rest) = self.take(Vec::new());
+        rest.extend_from_slice(&self.crc.to_le_bytes());
+        (header, pos, rest)
     }
 }
 
@@ -175,6 +243,58 @@ mod tests {
             let mut bad = buf.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             assert!(decode(&bad, 5, 80).is_err(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn hint_built_a_chunk_at_a_time_is_the_same_file() {
+        // Guards against the active segment's hint, written in pieces, differing from the
+        // one-piece hint the format describes (and that the decoder checks).
+        let keys: Vec<Vec<u8>> = (0..3000u32)
+            .map(|i| format!("key-{i}").into_bytes())
+            .collect();
+        for every in [1, 7, 1000, usize::MAX] {
+            let (mut whole, mut built) = (HintWriter::default(), HintBuilder::default());
+            let mut file = vec![0u8; HINT_HEADER_BYTES];
+            let place = |file: &mut Vec<u8>, pos: u64, bytes: &[u8]| {
+                let pos = pos as usize;
+                if file.len() < pos + bytes.len() {
+                    file.resize(pos + bytes.len(), 0);
+                }
+                file[pos..pos + bytes.len()].copy_from_slice(bytes);
+            };
+            let mut spare = Vec::new();
+            let mut offset = 32;
+            for (i, key) in keys.iter().enumerate() {
+                let e = HintEntry {
+                    seq: i as u64 + 1,
+                    kind: if i % 5 == 0 {
+                        RecordKind::Delete
+                    } else {
+                        RecordKind::Put
+                    },
+                    key,
+                    value_len: (i % 5 != 0) as u32 * 10,
+                    offset,
+                };
+                offset += e.record_len();
+                whole.push(&e);
+                built.push(&e);
+                if i % every == every - 1 {
+                    let (pos, chunk) = built.take(std::mem::take(&mut spare));
+                    place(&mut file, pos, &chunk);
+                    spare = chunk;
+                }
+            }
+            let (header, pos, rest) = built.finish(9, offset);
+            place(&mut file, pos, &rest);
+            place(&mut file, 0, &header);
+            assert_eq!(
+                file,
+                whole.finish(9, offset),
+                "a take every {every} entries"
+            );
+            assert_eq!(decode(&file, 9, offset).unwrap().len(), keys.len());
         }
     }
 

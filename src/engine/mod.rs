@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::Result;
 
+mod active_hint;
 mod cache;
 pub mod durability;
 mod fair_queue;

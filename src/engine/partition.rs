@@ -23,6 +23,7 @@ use hashbrown::HashMap;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
+use super::active_hint::ActiveHint;
 use super::cache::{ReadMirror, ValueCache};
 use super::durability::FsyncPolicy;
 use super::fair_queue::{FairQueue, Source, EMBEDDED};
@@ -137,7 +138,8 @@ struct State<F> {
     tail: u64,
     next_seq: u64,
     next_id: u64,
-    active_hint: HintWriter,
+    /// The active segment's hint, written as the segment grows.
+    active_hint: ActiveHint<F>,
     poisoned: Option<(&'static str, String)>,
     compacting: bool,
     /// A compaction failed in a way that needs an operator; no more are started.
@@ -232,7 +234,11 @@ async fn read_exact_at<F: DiskFile>(file: &F, pos: u64, len: usize) -> io::Resul
     Ok(out)
 }
 
-async fn write_all<F: DiskFile>(file: &F, buf: Vec<u8>, pos: u64) -> io::Result<Vec<u8>> {
+pub(super) async fn write_all<F: DiskFile>(
+    file: &F,
+    buf: Vec<u8>,
+    pos: u64,
+) -> io::Result<Vec<u8>> {
     let (res, buf) = file.write_all_at(buf, pos).await;
     res.map(|()| buf)
 }
@@ -497,6 +503,15 @@ impl<D: Disk> Partition<D> {
             let _ = rx.await;
         }
         self.seal_settled().await;
+        // The active segment's hint is rebuilt by the next open, which scans that segment: the
+        // file goes, so a closed store holds only its segments and their hints.
+        let made = {
+            let mut st = self.inner.state.borrow_mut();
+            st.active_hint.stop().then(|| st.active_hint.segment())
+        };
+        if let Some(segment) = made {
+            ActiveHint::discard(&self.inner.disk, &self.inner.cfg.dir, segment).await;
+        }
     }
 
     /// Waits until no sealed segment is being synced in the background.
@@ -734,85 +749,98 @@ impl<D: Disk> Partition<D> {
             return;
         }
 
-        let mut st = self.inner.state.borrow_mut();
-        // Look every key up first: lookups in a tight loop overlap their cache misses, which the
-        // updates below would otherwise take one after another.
-        for o in &ops {
-            std::hint::black_box((st.index.get(&o.key), st.cache.contains(&o.key)));
-        }
-        let mut filter_full = false;
-        for o in &ops {
-            let offset = tail + o.at as u64;
-            let loc = Loc {
-                segment: active,
-                offset: offset as u32,
-                len: o.len as u32,
-            };
-            let old = match &o.value {
-                Some(v) => {
-                    st.cache.insert(&o.key, v);
-                    let old = st.index.insert(&o.key, loc);
-                    if let (None, Some(filter)) = (old, &self.inner.cfg.key_filter) {
-                        // A new key: in the filter before its write is acknowledged.
-                        filter_full |= filter.add(&o.key);
+        let writeback = {
+            let mut st = self.inner.state.borrow_mut();
+            // Look every key up first: lookups in a tight loop overlap their cache misses, which the
+            // updates below would otherwise take one after another.
+            for o in &ops {
+                std::hint::black_box((st.index.get(&o.key), st.cache.contains(&o.key)));
+            }
+            let mut filter_full = false;
+            for o in &ops {
+                let offset = tail + o.at as u64;
+                let loc = Loc {
+                    segment: active,
+                    offset: offset as u32,
+                    len: o.len as u32,
+                };
+                let old = match &o.value {
+                    Some(v) => {
+                        st.cache.insert(&o.key, v);
+                        let old = st.index.insert(&o.key, loc);
+                        if let (None, Some(filter)) = (old, &self.inner.cfg.key_filter) {
+                            // A new key: in the filter before its write is acknowledged.
+                            filter_full |= filter.add(&o.key);
+                        }
+                        old
                     }
-                    old
+                    None => {
+                        st.cache.remove(&o.key);
+                        st.index.remove(&o.key)
+                    }
+                };
+                if let Some(old) = old {
+                    if let Some(seg) = st.segments.get_mut(&old.segment) {
+                        seg.live -= u64::from(old.len);
+                    }
                 }
-                None => {
-                    st.cache.remove(&o.key);
-                    st.index.remove(&o.key)
+                if o.kind == RecordKind::Put {
+                    st.segments.get_mut(&active).expect("active segment").live += o.len as u64;
                 }
-            };
-            if let Some(old) = old {
-                if let Some(seg) = st.segments.get_mut(&old.segment) {
-                    seg.live -= u64::from(old.len);
+                st.active_hint.push(&HintEntry {
+                    seq: o.seq,
+                    kind: o.kind,
+                    key: &o.key,
+                    value_len: o.value_len,
+                    offset,
+                });
+            }
+            if let (true, Some(filter)) = (filter_full, &self.inner.cfg.key_filter) {
+                filter.rebuild(st.index.len(), Headroom::Double, st.index.keys());
+            }
+            st.tail = tail + batch_len;
+            st.segments.get_mut(&active).expect("active segment").len = st.tail;
+            if let Some(durable) = mark {
+                st.marked = durable;
+            }
+            if always {
+                st.synced = st.tail;
+            }
+            if self.inner.cfg.fsync != FsyncPolicy::Always && st.unsynced_since.is_none() {
+                st.unsynced_since = Some(Instant::now());
+            }
+            // Outside `always`, start writing back each WRITEBACK_KICK_BYTES of the segment as it
+            // fills (whole pages only: the last one may still be written to), so the fdatasync
+            // that seals it finds little left to write.
+            let mut writeback = None;
+            if !always {
+                let whole_pages = st.tail & !(WRITEBACK_PAGE_BYTES - 1);
+                if whole_pages >= st.writeback_from + WRITEBACK_KICK_BYTES {
+                    writeback = Some((st.writeback_from, whole_pages - st.writeback_from));
+                    st.writeback_from = whole_pages;
                 }
             }
-            if o.kind == RecordKind::Put {
-                st.segments.get_mut(&active).expect("active segment").live += o.len as u64;
-            }
-            st.active_hint.push(&HintEntry {
-                seq: o.seq,
-                kind: o.kind,
-                key: &o.key,
-                value_len: o.value_len,
-                offset,
-            });
-        }
-        if let (true, Some(filter)) = (filter_full, &self.inner.cfg.key_filter) {
-            filter.rebuild(st.index.len(), Headroom::Double, st.index.keys());
-        }
-        st.tail = tail + batch_len;
-        st.segments.get_mut(&active).expect("active segment").len = st.tail;
-        if let Some(durable) = mark {
-            st.marked = durable;
-        }
-        if always {
-            st.synced = st.tail;
-        }
-        if self.inner.cfg.fsync != FsyncPolicy::Always && st.unsynced_since.is_none() {
-            st.unsynced_since = Some(Instant::now());
-        }
-        // Outside `always`, start writing back each WRITEBACK_KICK_BYTES of the segment as it
-        // fills (whole pages only: the last one may still be written to), so the fdatasync
-        // that seals it finds little left to write.
-        let mut writeback = None;
-        if !always {
-            let whole_pages = st.tail & !(WRITEBACK_PAGE_BYTES - 1);
-            if whole_pages >= st.writeback_from + WRITEBACK_KICK_BYTES {
-                writeback = Some((st.writeback_from, whole_pages - st.writeback_from));
-                st.writeback_from = whole_pages;
-            }
-        }
-        drop(st);
+            writeback
+        };
         if let Some((pos, len)) = writeback {
             file.start_writeback(pos, len);
         }
         for o in ops {
             let _ = o.reply.send(Ok(None));
         }
+        self.write_hint_chunk().await;
         self.maybe_prepare_spare();
         self.maybe_compact();
+    }
+
+    /// Writes the active segment's hint entries out once a chunk of them has gathered.
+    async fn write_hint_chunk(&self) {
+        let chunk = self.inner.state.borrow_mut().active_hint.take_chunk();
+        if let Some(chunk) = chunk {
+            let result = chunk.write(&self.inner.disk, &self.inner.cfg.dir).await;
+            // Only the writer loop, which is here, pushes to the hint or replaces it.
+            self.inner.state.borrow_mut().active_hint.wrote(result);
+        }
     }
 
     /// After a failed write or fsync: ENOSPC is undone (the partial batch cut off, so writes
@@ -891,25 +919,6 @@ impl<D: Disk> Partition<D> {
                 return Err(self.poisoned_error());
             }
         }
-        // The entries stay until the new segment is active: if making it fails, the writer
-        // keeps appending here or retries the rotation, and the retry must write the same
-        // complete hint. An empty hint checks out and would hide every record of the segment.
-        let hint_bytes = self
-            .inner
-            .state
-            .borrow()
-            .active_hint
-            .clone()
-            .finish(u64::from(active), tail);
-        // Under `always`, written now; otherwise by the background seal, once the segment is
-        // on disk (a hint must never name records the segment lost).
-        let hint_for_seal = if in_background {
-            Some(hint_bytes)
-        } else {
-            self.write_hint(active, hint_bytes).await;
-            None
-        };
-
         let (id, header) = self.next_segment(Origin::Log)?;
         let path = segment::segment_path(&dir, u64::from(id));
         let name = if in_background {
@@ -951,6 +960,9 @@ impl<D: Disk> Partition<D> {
                 return Err(self.poisoned_error());
             }
         };
+        // The sealed segment's hint stays where it is until the new segment is active: if
+        // making it failed, the writer kept appending to the old one, hint and all.
+        let new_hint = ActiveHint::new(id);
         let mut st = self.inner.state.borrow_mut();
         st.segments.insert(
             id,
@@ -962,7 +974,8 @@ impl<D: Disk> Partition<D> {
         );
         st.active = id;
         st.tail = SEGMENT_HEADER_BYTES;
-        st.active_hint = HintWriter::default();
+        let sealed_hint = std::mem::replace(&mut st.active_hint, new_hint);
+        debug_assert_eq!(sealed_hint.segment(), active);
         st.active_preallocated = preallocated;
         st.active_marks = true;
         // The header was fdatasynced when the segment was made.
@@ -972,15 +985,21 @@ impl<D: Disk> Partition<D> {
         // The new segment holds nothing yet; the sealed one is synced below, or already was.
         st.unsynced_since = None;
         drop(st);
-        if let Some(hint_bytes) = hint_for_seal {
-            self.inner.sealing.set(true);
-            let part = self.clone();
-            tokio::task::spawn_local(async move {
-                part.seal(file, active, hint_bytes, name, path).await;
-                part.inner.sealing.set(false);
-                part.inner.seal_idle.notify_waiters();
-            });
-        }
+        // The hint is completed in the background, after the segment is on disk (a hint must
+        // never name records the segment lost): under `always` it is already.
+        self.inner.sealing.set(true);
+        let part = self.clone();
+        tokio::task::spawn_local(async move {
+            if in_background {
+                part.seal(file, active, sealed_hint, tail, name, path).await;
+            } else {
+                sealed_hint
+                    .seal(&part.inner.disk, &part.inner.cfg.dir, tail)
+                    .await;
+            }
+            part.inner.sealing.set(false);
+            part.inner.seal_idle.notify_waiters();
+        });
         Ok(())
     }
 
@@ -991,13 +1010,17 @@ impl<D: Disk> Partition<D> {
         &self,
         sealed: Rc<D::File>,
         id: u32,
-        hint_bytes: Vec<u8>,
+        hint: ActiveHint<D::File>,
+        len: u64,
         active_pending: PathBuf,
         active_path: PathBuf,
     ) {
         let disk = &self.inner.disk;
+        let dir = &self.inner.cfg.dir;
+        debug_assert_eq!(hint.segment(), id);
         if let Err(e) = sealed.sync_data().await {
             self.poison("fsync", &e);
+            hint.abandon(disk, dir).await;
             return;
         }
         let named = async {
@@ -1007,21 +1030,10 @@ impl<D: Disk> Partition<D> {
         .await;
         if let Err(e) = named {
             self.poison("segment creation", &e);
+            hint.abandon(disk, dir).await;
             return;
         }
-        self.write_hint(id, hint_bytes).await;
-    }
-
-    /// Writes the hint of sealed segment `id`. A hint is an optimisation: failing to write one
-    /// only slows the next open.
-    async fn write_hint(&self, id: u32, hint_bytes: Vec<u8>) {
-        let path = segment::hint_path(&self.inner.cfg.dir, u64::from(id));
-        if let Err(e) = write_file(&self.inner.disk, &path, hint_bytes).await {
-            tracing::warn!(
-                partition = self.inner.cfg.id,
-                "could not write hint for segment {id}: {e}"
-            );
-        }
+        hint.seal(disk, dir, len).await;
     }
 
     /// Takes the next segment id (ids only grow) and makes the header of a segment with it.
@@ -1659,6 +1671,14 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
         seg_ids.push(id);
         seg_ids.sort_unstable();
     }
+    // A hint whose segment is gone (it was compacted away, or its pending segment deleted)
+    // describes nothing; the id may be taken again by a new segment.
+    for id in hint_ids.clone() {
+        if seg_ids.binary_search(&id).is_err() {
+            remove_if_exists(disk, &segment::hint_path(dir, id)).await?;
+            hint_ids.remove(&id);
+        }
+    }
 
     let mut headers = Vec::with_capacity(seg_ids.len());
     for &id in &seg_ids {
@@ -1688,7 +1708,7 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
     let mut found = NewestRecords::default();
     let mut segments = BTreeMap::new();
     let mut max_seq = 0u64;
-    let mut active_hint = HintWriter::default();
+    let mut active_hint = None;
     let mut active_marks = true;
     for (id, header, file) in headers {
         let path = segment::segment_path(dir, u64::from(id));
@@ -1743,16 +1763,20 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
             if hint_ids.contains(&u64::from(id)) {
                 remove_if_exists(disk, &segment::hint_path(dir, u64::from(id))).await?;
             }
+            // The hint is rebuilt from the scan, and goes on growing with the segment.
+            let mut hint = ActiveHint::new(id);
             for (seq, kind, key, offset, len) in records.iter() {
                 let value_len = len - (record::RECORD_HEADER_BYTES + key.len()) as u32;
-                active_hint.push(&HintEntry {
+                hint.push(&HintEntry {
                     seq,
                     kind,
                     key,
                     value_len,
                     offset,
                 });
+                hint.write_ready(disk, dir).await;
             }
+            active_hint = Some(hint);
         }
         found.reserve(records.len(), records.keys.len());
         for (seq, kind, key, offset, len) in records.iter() {
@@ -1816,6 +1840,10 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
             );
             (id, SEGMENT_HEADER_BYTES)
         }
+    };
+    let active_hint = match active_hint {
+        Some(h) => h,
+        None => ActiveHint::new(active),
     };
     Ok(State {
         index,

@@ -97,6 +97,12 @@ pub fn hint_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.hint"))
 }
 
+/// The hint of active segment `id` while it is being built (see `ActiveHint`): never part of
+/// the store until the segment is sealed and it is renamed to [`hint_path`]; deleted at open.
+pub fn active_hint_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.hint.active"))
+}
+
 /// A temporary name: files ending in `.tmp` are never part of the store and are deleted at open.
 pub fn tmp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -127,7 +133,7 @@ pub enum FileKind {
 }
 
 pub fn classify(name: &str) -> FileKind {
-    if name.ends_with(".tmp") {
+    if name.ends_with(".tmp") || name.ends_with(".hint.active") {
         return FileKind::Temporary;
     }
     if name == super::manifest::MANIFEST_NAME {
@@ -187,6 +193,10 @@ mod tests {
         assert_eq!(classify("00000000000000000012.hint"), FileKind::Hint(12));
         assert_eq!(
             classify("00000000000000000012.seg.tmp"),
+            FileKind::Temporary
+        );
+        assert_eq!(
+            classify("00000000000000000012.hint.active"),
             FileKind::Temporary
         );
         assert_eq!(classify("12.seg"), FileKind::Unknown);
