@@ -6,9 +6,9 @@
 //! entries `seq u64 | kind u8 | key_len u32 | value_len u32 | offset u64 | key`, then a crc32c
 //! u32 of all entry bytes. A hint that does not check out is ignored and the segment scanned.
 //!
-//! The active segment's hint is built as the segment grows ([`HintBuilder`]) and written under
-//! a temporary name, so that it is never held whole in memory; it is complete, and takes its
-//! own name, once the segment is sealed.
+//! A hint is built as its segment is written ([`HintBuilder`]: the active segment's as it grows,
+//! a compaction output's as it is copied) and written out a chunk at a time under a temporary
+//! name, so that it is never held whole in memory; it takes its own name once complete.
 
 use super::record::{RecordKind, RECORD_HEADER_BYTES};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
@@ -59,13 +59,16 @@ fn encode_header(count: u32, id: u64, segment_len: u64) -> Vec<u8> {
     out
 }
 
-/// Builds a hint file's bytes entry by entry, all in memory (a compaction output's hint).
+/// Builds a hint file's bytes entry by entry, all in memory: the plain form of the format,
+/// which the tests hold [`HintBuilder`] to and the format document's example is made with.
+#[cfg(test)]
 #[derive(Default)]
 pub struct HintWriter {
     body: Vec<u8>,
     count: u32,
 }
 
+#[cfg(test)]
 impl HintWriter {
     pub fn push(&mut self, e: &HintEntry<'_>) {
         encode_entry(&mut self.body, e);
@@ -84,9 +87,9 @@ impl HintWriter {
 
 /// Builds the hint of a segment as the segment grows, a chunk at a time: the owner writes each
 /// chunk [`HintBuilder::take`] hands it at the offset it names, and at the end the two pieces
-/// [`HintBuilder::finish`] gives. The file is then byte for byte what [`HintWriter::finish`]
-/// makes of the same entries, but no more than a chunk of it is ever in memory (a whole hint is
-/// about 20 MB for a 64 MiB segment of 100-byte values).
+/// [`HintBuilder::finish`] gives. The file is then byte for byte the format's one-piece layout
+/// of the same entries (a test holds it to `HintWriter`), but no more than a chunk of it is
+/// ever in memory (a whole hint is about 20 MB for a 64 MiB segment of 100-byte values).
 ///
 /// Until `finish`, the header's place holds zeros, so a file cut short anywhere never checks
 /// out.

@@ -27,7 +27,7 @@ use super::active_hint::ActiveHint;
 use super::cache::{ReadMirror, ValueCache};
 use super::durability::FsyncPolicy;
 use super::fair_queue::{FairQueue, Source, EMBEDDED};
-use super::hint::{self, HintEntry, HintWriter};
+use super::hint::{self, HintBuilder, HintEntry};
 use super::index::{Index, Loc};
 use super::key_filter::{Headroom, KeyFilter};
 use super::manifest::{CompactionManifest, MANIFEST_NAME};
@@ -121,6 +121,16 @@ impl<F> Segment<F> {
     fn dead(&self) -> u64 {
         self.len - SEGMENT_HEADER_BYTES - self.live
     }
+}
+
+/// A compaction output: its segment (under its `.tmp` name until the commit), where its records
+/// end, and its hint, written to `<id>.hint.tmp` a chunk at a time.
+struct Output<F> {
+    id: u32,
+    file: F,
+    used: u64,
+    hint: HintBuilder,
+    hint_file: F,
 }
 
 struct Pending {
@@ -1184,18 +1194,18 @@ impl<D: Disk> Partition<D> {
         let dir = self.inner.cfg.dir.clone();
         let disk = &self.inner.disk;
         live.sort_unstable_by_key(|(_, loc)| (loc.segment, loc.offset));
-        let mut outputs: Vec<(u32, D::File, u64, HintWriter)> = Vec::new();
+        let mut outputs: Vec<Output<D::File>> = Vec::new();
         let mut moved: Vec<(usize, Loc)> = Vec::with_capacity(live.len());
         let mut out_buf: Vec<u8> = Vec::new();
         let precommit = |e: KvsError| (false, e);
 
-        let cleanup = |outputs: &Vec<(u32, D::File, u64, HintWriter)>| {
+        let cleanup = |outputs: &Vec<Output<D::File>>| {
             let paths: Vec<PathBuf> = outputs
                 .iter()
-                .flat_map(|(id, ..)| {
+                .flat_map(|out| {
                     [
-                        segment::tmp_path(&segment::segment_path(&dir, u64::from(*id))),
-                        segment::tmp_path(&segment::hint_path(&dir, u64::from(*id))),
+                        segment::tmp_path(&segment::segment_path(&dir, u64::from(out.id))),
+                        segment::tmp_path(&segment::hint_path(&dir, u64::from(out.id))),
                     ]
                 })
                 .collect();
@@ -1249,22 +1259,30 @@ impl<D: Disk> Partition<D> {
                     };
                     let need_new = match outputs.last() {
                         None => true,
-                        Some((_, _, used, _)) => {
-                            *used + (out_buf.len() + bytes.len()) as u64
+                        Some(out) => {
+                            out.used + (out_buf.len() + bytes.len()) as u64
                                 > self.inner.cfg.segment_bytes
-                                && *used + out_buf.len() as u64 > SEGMENT_HEADER_BYTES
+                                && out.used + out_buf.len() as u64 > SEGMENT_HEADER_BYTES
                         }
                     };
                     if need_new {
                         self.flush_output(&mut outputs, &mut out_buf).await?;
                         let (id, header) = self.next_segment(Origin::Compaction)?;
                         let path = segment::tmp_path(&segment::segment_path(&dir, u64::from(id)));
-                        let f = create_segment_file(disk, &path, header).await?;
-                        outputs.push((id, f, SEGMENT_HEADER_BYTES, HintWriter::default()));
+                        let file = create_segment_file(disk, &path, header).await?;
+                        let hint_path = segment::tmp_path(&segment::hint_path(&dir, u64::from(id)));
+                        let hint_file = disk.open(&hint_path, true).await?;
+                        outputs.push(Output {
+                            id,
+                            file,
+                            used: SEGMENT_HEADER_BYTES,
+                            hint: HintBuilder::default(),
+                            hint_file,
+                        });
                     }
-                    let (out_id, _, used, hints) = outputs.last_mut().expect("an output segment");
-                    let offset = *used + out_buf.len() as u64;
-                    hints.push(&HintEntry {
+                    let out = outputs.last_mut().expect("an output segment");
+                    let offset = out.used + out_buf.len() as u64;
+                    out.hint.push(&HintEntry {
                         seq: rec.seq,
                         kind: RecordKind::Put,
                         key: rec.key,
@@ -1274,7 +1292,7 @@ impl<D: Disk> Partition<D> {
                     moved.push((
                         k,
                         Loc {
-                            segment: *out_id,
+                            segment: out.id,
                             offset: offset as u32,
                             len: loc.len,
                         },
@@ -1287,15 +1305,18 @@ impl<D: Disk> Partition<D> {
                 i = j;
             }
             self.flush_output(&mut outputs, &mut out_buf).await?;
-            for (id, file, used, hints) in outputs.iter_mut() {
-                file.sync_data().await?;
-                let bytes = std::mem::take(hints).finish(u64::from(*id), *used);
-                write_file(
-                    disk,
-                    &segment::tmp_path(&segment::hint_path(&dir, u64::from(*id))),
-                    bytes,
-                )
-                .await?;
+            for out in outputs.iter_mut() {
+                out.file.sync_data().await?;
+                // The hint: what is left of it, then its header; synced before the commit.
+                let hint = std::mem::take(&mut out.hint);
+                let (header, pos, rest) = hint.finish(u64::from(out.id), out.used);
+                write_all(&out.hint_file, rest, pos)
+                    .await
+                    .map_err(KvsError::from_write)?;
+                write_all(&out.hint_file, header, 0)
+                    .await
+                    .map_err(KvsError::from_write)?;
+                out.hint_file.sync_data().await?;
             }
             // Every record the copy left behind was superseded (overwritten or removed) by a
             // newer one in the log, and under the interval and never policies the newest of
@@ -1306,7 +1327,7 @@ impl<D: Disk> Partition<D> {
             // The commit point: a durable manifest naming inputs and outputs.
             let manifest = CompactionManifest {
                 inputs: inputs.iter().map(|&id| u64::from(id)).collect(),
-                outputs: outputs.iter().map(|(id, ..)| u64::from(*id)).collect(),
+                outputs: outputs.iter().map(|out| u64::from(out.id)).collect(),
             };
             let mpath = dir.join(MANIFEST_NAME);
             write_file(disk, &segment::tmp_path(&mpath), manifest.encode()).await?;
@@ -1322,10 +1343,10 @@ impl<D: Disk> Partition<D> {
 
         // Past the commit point: every step below is redone by the next open if we crash.
         let finish: Result<()> = async {
-            for (id, ..) in &outputs {
+            for out in &outputs {
                 for path in [
-                    segment::segment_path(&dir, u64::from(*id)),
-                    segment::hint_path(&dir, u64::from(*id)),
+                    segment::segment_path(&dir, u64::from(out.id)),
+                    segment::hint_path(&dir, u64::from(out.id)),
                 ] {
                     disk.rename(&segment::tmp_path(&path), &path).await?;
                 }
@@ -1333,12 +1354,12 @@ impl<D: Disk> Partition<D> {
             disk.sync_dir(&dir).await?;
             {
                 let mut st = self.inner.state.borrow_mut();
-                for (id, file, used, _) in outputs.drain(..) {
+                for out in outputs.drain(..) {
                     st.segments.insert(
-                        id,
+                        out.id,
                         Segment {
-                            file: Rc::new(file),
-                            len: used,
+                            file: Rc::new(out.file),
+                            len: out.used,
                             live: 0,
                         },
                     );
@@ -1396,23 +1417,26 @@ impl<D: Disk> Partition<D> {
         Ok(())
     }
 
-    async fn flush_output(
-        &self,
-        outputs: &mut [(u32, D::File, u64, HintWriter)],
-        buf: &mut Vec<u8>,
-    ) -> Result<()> {
+    async fn flush_output(&self, outputs: &mut [Output<D::File>], buf: &mut Vec<u8>) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
-        let (_, file, used, _) = outputs.last_mut().expect("an output segment");
+        let out = outputs.last_mut().expect("an output segment");
         let data = std::mem::take(buf);
         let n = data.len() as u64;
-        let mut data = write_all(file, data, *used)
+        let mut data = write_all(&out.file, data, out.used)
             .await
             .map_err(KvsError::from_write)?;
-        *used += n;
+        out.used += n;
         data.clear();
         *buf = data;
+        // The hint follows a chunk at a time, so that no output's hint is whole in memory.
+        if out.hint.wants_write() {
+            let (pos, chunk) = out.hint.take(Vec::new());
+            write_all(&out.hint_file, chunk, pos)
+                .await
+                .map_err(KvsError::from_write)?;
+        }
         Ok(())
     }
 }

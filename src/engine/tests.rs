@@ -235,24 +235,51 @@ async fn a_hint_written_in_chunks_across_a_reopen_lists_every_record<D: Disk>(di
             );
             p.close().await;
         }
-        let seg = segment::segment_path(&dir, 1);
-        let len = std::fs::metadata(&seg).unwrap().len();
-        let bytes = std::fs::read(segment::hint_path(&dir, 1)).expect("the sealed segment's hint");
-        let entries = hint::decode(&bytes, 1, len).expect("the hint checks out");
-        assert!(entries.len() > 15_000, "{} entries", entries.len());
-        // Records follow each other, with at most a sync mark between two: no entry is missing.
-        let mut end = segment::SEGMENT_HEADER_BYTES;
-        for e in &entries {
-            let gap = e.offset - end;
-            assert!(
-                gap == 0 || gap == MARK_BYTES as u64,
-                "a gap of {gap} at {}",
-                e.offset
-            );
-            assert_eq!(e.record_len(), (RECORD_HEADER_BYTES + 8 + 20) as u64);
-            end = e.offset + e.record_len();
-        }
-        assert_eq!(end, len, "the last entry ends the segment");
+        // Checks the hint of segment `id`: it checks out, and its records follow each other
+        // with at most a sync mark between two, to the segment's end: no entry is missing.
+        let check = |id: u64| {
+            let len = std::fs::metadata(segment::segment_path(&dir, id))
+                .unwrap()
+                .len();
+            let bytes =
+                std::fs::read(segment::hint_path(&dir, id)).expect("a sealed segment's hint");
+            let entries = hint::decode(&bytes, id, len).expect("the hint checks out");
+            let mut end = segment::SEGMENT_HEADER_BYTES;
+            for e in &entries {
+                let gap = e.offset - end;
+                assert!(
+                    gap == 0 || gap == MARK_BYTES as u64,
+                    "segment {id}: a gap of {gap} at {}",
+                    e.offset
+                );
+                assert_eq!(e.record_len(), (RECORD_HEADER_BYTES + 8 + 20) as u64);
+                end = e.offset + e.record_len();
+            }
+            assert_eq!(end, len, "segment {id}: the last entry ends the segment");
+            entries.len()
+        };
+        let entries = check(1);
+        assert!(entries > 15_000, "{entries} entries");
+        let p = open(&disk, c.clone()).await;
+        assert_contents(&p, &model, &[]).await;
+        // A compaction output's hint is written a chunk at a time too.
+        assert!(
+            p.compact().await.unwrap(),
+            "the sealed segment is compacted"
+        );
+        p.close().await;
+        let outputs: Vec<u64> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(
+                |e| match segment::classify(e.unwrap().file_name().to_str().unwrap()) {
+                    segment::FileKind::Hint(id) => Some(id),
+                    _ => None,
+                },
+            )
+            .collect();
+        assert!(!outputs.contains(&1), "the input is gone: {outputs:?}");
+        let largest = outputs.iter().map(|&id| check(id)).max().unwrap_or(0);
+        assert!(largest > 15_000, "an output of {largest} entries");
         let p = open(&disk, c).await;
         assert_contents(&p, &model, &[]).await;
         p.close().await;
