@@ -147,6 +147,52 @@ pub fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Bytes>, usize)>, RespErro
     }
 }
 
+/// `GET key` as client libraries send it, `*2\r\n$3\r\nGET\r\n$<len>\r\n<key>\r\n` (the
+/// command's name in any case), read without the allocations of [`parse_command`]: the key, and
+/// the bytes the command takes. `None` for anything else, for a key over `key_max`, and for a
+/// command not yet whole: [`parse_command`] then reads it, and gives the same command where
+/// this gives one (a test holds the two to it).
+pub fn plain_get(buf: &[u8], key_max: usize) -> Option<(&[u8], usize)> {
+    let at = plain_name(buf, b"*2\r\n$3\r\n", b"GET")?;
+    let (key, used) = plain_bulk(buf, at, key_max)?;
+    Some((key, used))
+}
+
+/// `SET key value` as client libraries send it (no options), read as [`plain_get`] reads a
+/// GET: the key, the value, and the bytes the command takes.
+pub fn plain_set(buf: &[u8], key_max: usize, value_max: usize) -> Option<(&[u8], &[u8], usize)> {
+    let at = plain_name(buf, b"*3\r\n$3\r\n", b"SET")?;
+    let (key, at) = plain_bulk(buf, at, key_max)?;
+    let (value, used) = plain_bulk(buf, at, value_max)?;
+    Some((key, value, used))
+}
+
+/// Where the first argument starts, if `buf` starts with `head` and the three-letter `name`.
+fn plain_name(buf: &[u8], head: &[u8], name: &[u8; 3]) -> Option<usize> {
+    let rest = buf.strip_prefix(head)?;
+    let (found, rest) = rest.split_at_checked(3)?;
+    if !found.eq_ignore_ascii_case(name) || !rest.starts_with(b"\r\n") {
+        return None;
+    }
+    Some(head.len() + 5)
+}
+
+/// The bulk string `$<len>\r\n<bytes>\r\n` at `at`, at most `max` bytes long, and where it
+/// ends.
+fn plain_bulk(buf: &[u8], at: usize, max: usize) -> Option<(&[u8], usize)> {
+    let rest = buf.get(at..)?.strip_prefix(b"$")?;
+    let digits = rest.iter().take(11).position(|&b| b == b'\r')?;
+    let len = usize::try_from(parse_i64(&rest[..digits])?)
+        .ok()
+        .filter(|&n| n <= max)?;
+    let rest = rest[digits..].strip_prefix(b"\r\n")?;
+    let data = rest.get(..len)?;
+    if rest.get(len..len + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((data, buf.len() - rest.len() + len + 2))
+}
+
 fn parse_multibulk(buf: &[u8]) -> Result<Option<(Vec<Bytes>, usize)>, RespError> {
     let Some((digits, mut pos)) = read_line(
         buf,
@@ -1034,6 +1080,41 @@ mod tests {
     }
 
     #[test]
+    fn plain_get_and_set_take_only_whole_commands_within_the_limits() {
+        // Guards against the fast path reading past a command or taking one it should not.
+        let get = b"*2\r\n$3\r\nget\r\n$3\r\nkey\r\n*1";
+        assert_eq!(plain_get(get, 3), Some((&b"key"[..], 22)));
+        assert_eq!(plain_get(get, 2), None, "a key over the limit");
+        for cut in 0..22 {
+            assert_eq!(plain_get(&get[..cut], 3), None, "cut at {cut}");
+        }
+        assert_eq!(
+            plain_get(b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n", 3),
+            Some((&b""[..], 19))
+        );
+        assert_eq!(plain_get(b"*2\r\n$3\r\nSET\r\n$1\r\nk\r\n", 3), None);
+        assert_eq!(plain_get(b"*2\r\n$3\r\nGET\r\n$01\r\nk\r\n", 3), None);
+        assert_eq!(plain_get(b"*2\r\n$3\r\nGET\r\n$1\r\nkx\r\n", 3), None);
+        let set = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n";
+        assert_eq!(
+            plain_set(set, 3, 2),
+            Some((&b"k"[..], &b"vv"[..], set.len()))
+        );
+        assert_eq!(plain_set(set, 3, 1), None, "a value over the limit");
+        for cut in 0..set.len() {
+            assert_eq!(plain_set(&set[..cut], 3, 2), None, "cut at {cut}");
+        }
+        assert_eq!(
+            plain_set(
+                b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nNX\r\n",
+                3,
+                2
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn resp_errors_become_kvs_protocol_errors() {
         // Guards against losing Redis's wording when a RESP error reaches the library error.
         match KvsError::from(RespError::InvalidBulkLength) {
@@ -1076,6 +1157,68 @@ mod tests {
         leaf.prop_recursive(4, 64, 8, |inner| {
             proptest::option::of(proptest::collection::vec(inner, 0..8)).prop_map(Reply::Array)
         })
+    }
+
+    proptest! {
+        // Most cases are mangled; enough are whole commands to reach the fast paths.
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn plain_get_and_set_read_what_the_general_parser_reads(
+            name in prop_oneof![Just(b"GET".to_vec()), Just(b"get".to_vec()), Just(b"gEt".to_vec()), Just(b"GOT".to_vec()), Just(b"SET".to_vec()), Just(b"set".to_vec())],
+            args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..3),
+            len_form in 0..6u8,
+            count_text in proptest::option::of("[0-4]"),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+            flip in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+            tail in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            // Guards against the fast paths for GET and SET taking anything the general parser
+            // would read differently (other arguments, another length, or a command it refuses).
+            let mut buf = format!("*{}\r\n$3\r\n", count_text.unwrap_or_else(|| (args.len() + 1).to_string())).into_bytes();
+            buf.extend_from_slice(&name);
+            buf.extend_from_slice(b"\r\n");
+            for (i, arg) in args.iter().enumerate() {
+                buf.push(b'$');
+                // The first argument's length written right, or in forms RESP refuses (a
+                // leading zero or plus sign, a negative), or wrong.
+                let n = arg.len();
+                let len = match (len_form, i) {
+                    (1, 0) => format!("0{n}"),
+                    (2, 0) => format!("+{n}"),
+                    (3, 0) => format!("-{n}"),
+                    (4, 0) => (n + 1).to_string(),
+                    _ => n.to_string(),
+                };
+                buf.extend_from_slice(len.as_bytes());
+                buf.extend_from_slice(b"\r\n");
+                buf.extend_from_slice(arg);
+                buf.extend_from_slice(b"\r\n");
+            }
+            buf.extend_from_slice(&tail);
+            if let Some((at, byte)) = flip {
+                let at = at.index(buf.len());
+                buf[at] = byte;
+            }
+            let buf = &buf[..cut.map_or(buf.len(), |c| c.index(buf.len() + 1))];
+            if let Some((key, used)) = plain_get(buf, 32) {
+                prop_assert!(key.len() <= 32);
+                let (args, general_used) = parse_command(buf).unwrap().unwrap();
+                prop_assert_eq!(used, general_used);
+                prop_assert_eq!(args.len(), 2);
+                prop_assert!(args[0].eq_ignore_ascii_case(b"GET"));
+                prop_assert_eq!(&args[1][..], key);
+            }
+            if let Some((key, value, used)) = plain_set(buf, 32, 16) {
+                prop_assert!(key.len() <= 32 && value.len() <= 16);
+                let (args, general_used) = parse_command(buf).unwrap().unwrap();
+                prop_assert_eq!(used, general_used);
+                prop_assert_eq!(args.len(), 3);
+                prop_assert!(args[0].eq_ignore_ascii_case(b"SET"));
+                prop_assert_eq!(&args[1][..], key);
+                prop_assert_eq!(&args[2][..], value);
+            }
+        }
     }
 
     proptest! {

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::shard::{partition_of, Op, OpResult, Routed, Shard, ShardMsg};
@@ -32,6 +33,11 @@ pub enum Started {
 pub trait Store: Clone + 'static {
     /// Starts `op`. Operations for other workers are held until [`Store::flush`].
     fn start(&self, op: Op) -> Started;
+    /// Starts a get of `key`, which is borrowed from the request (a cached value is answered
+    /// without copying the key).
+    fn start_get(&self, key: &[u8]) -> Started {
+        self.start(Op::Get(Bytes::copy_from_slice(key)))
+    }
     /// Starts `op` as one future.
     fn call(&self, op: Op) -> LocalBoxFuture<OpResult> {
         match self.start(op) {
@@ -110,10 +116,14 @@ impl<D: Disk> KvsRouter<D> {
     }
 }
 
-impl<D: Disk> Store for KvsRouter<D> {
-    fn start(&self, op: Op) -> Started {
-        let partition = partition_of(op.key(), self.inner.partitions);
-        let owner = self.inner.owner_of[partition as usize];
+impl<D: Disk> KvsRouter<D> {
+    /// The partition of `key`, and the worker that owns it.
+    fn route(&self, key: &[u8]) -> (u32, usize) {
+        let partition = partition_of(key, self.inner.partitions);
+        (partition, self.inner.owner_of[partition as usize])
+    }
+
+    fn start_at(&self, partition: u32, owner: usize, op: Op) -> Started {
         if owner == self.inner.me {
             let shard = &self.inner.shard;
             let queued = match op {
@@ -149,6 +159,23 @@ impl<D: Disk> Store for KvsRouter<D> {
             reply: tx,
         });
         Started::Later(rx, charge)
+    }
+}
+
+impl<D: Disk> Store for KvsRouter<D> {
+    fn start(&self, op: Op) -> Started {
+        let (partition, owner) = self.route(op.key());
+        self.start_at(partition, owner, op)
+    }
+
+    fn start_get(&self, key: &[u8]) -> Started {
+        let (partition, owner) = self.route(key);
+        if owner == self.inner.me {
+            if let Some(v) = self.inner.shard.get_cached(partition, key) {
+                return Started::Now(Ok(v));
+            }
+        }
+        self.start_at(partition, owner, Op::Get(Bytes::copy_from_slice(key)))
     }
 
     fn flush(&self) {

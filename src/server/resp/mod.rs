@@ -170,6 +170,19 @@ fn check_name(name: &Bytes) -> Result<Option<Bytes>, Vec<u8>> {
 
 impl<S: Store> Dialect<S> for Resp {
     fn next(&mut self, buf: &[u8], store: &S) -> Step {
+        // Most requests are plain GETs and SETs: those are read without the general parser's
+        // allocations, and a GET is answered (when cached) from the key where it lies.
+        if self.gate.is_open() {
+            if let Some((key, used)) = resp::plain_get(buf, KEY_BYTES_MAX) {
+                let slot = answer(store.start_get(key), reply_get);
+                return Step::Request { slot, used };
+            }
+            if let Some((key, value, used)) = resp::plain_set(buf, KEY_BYTES_MAX, VALUE_BYTES_MAX) {
+                let op = Op::Set(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+                let slot = answer(store.start(op), reply_set);
+                return Step::Request { slot, used };
+            }
+        }
         let (args, used) = match parse_command(buf) {
             Ok(None) => return Step::More,
             Ok(Some(c)) => c,
