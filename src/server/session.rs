@@ -126,8 +126,14 @@ pub struct Conn<N> {
     /// Unanswered requests, each with the bytes it is charged.
     queue: RefCell<VecDeque<(Slot, usize)>>,
     inflight_bytes: Cell<usize>,
+    /// Wakes the writer when it waits for a request (`writer_waits`).
     queued: Notify,
+    /// Wakes the reader when it waits for answers (`reader_waits`).
     drained: Notify,
+    /// Whether the writer waits on `queued` (only then is it notified: most pushes find it busy).
+    writer_waits: Cell<bool>,
+    /// Whether the reader waits on `drained`.
+    reader_waits: Cell<bool>,
     last_request: Cell<Instant>,
     /// When the first byte of a still-incomplete request arrived.
     partial_since: Cell<Option<Instant>>,
@@ -146,6 +152,8 @@ impl<N: NetStream> Conn<N> {
             inflight_bytes: Cell::new(0),
             queued: Notify::new(),
             drained: Notify::new(),
+            writer_waits: Cell::new(false),
+            reader_waits: Cell::new(false),
             last_request: Cell::new(Instant::now()),
             partial_since: Cell::new(None),
             closed: Cell::new(false),
@@ -172,7 +180,9 @@ impl<N: NetStream> Conn<N> {
     fn push(&self, slot: Slot, bytes: usize) {
         self.inflight_bytes.set(self.inflight_bytes.get() + bytes);
         self.queue.borrow_mut().push_back((slot, bytes));
-        self.queued.notify_one();
+        if self.writer_waits.get() {
+            self.queued.notify_one();
+        }
     }
 
     /// Whether the reader must wait for answers before starting more requests.
@@ -229,17 +239,25 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
         // Start every complete request in the buffer.
         let mut used = 0;
         let mut fatal = false;
+        // Whether a request was started since `last_request` was last set: the clock is read
+        // once per pass over the buffer, not once per request.
+        let mut started = false;
         while !conn.closed.get() {
             if conn.full() {
+                if std::mem::take(&mut started) {
+                    conn.last_request.set(Instant::now());
+                }
                 store.flush();
+                conn.reader_waits.set(true);
                 conn.drained.notified().await;
+                conn.reader_waits.set(false);
                 continue;
             }
             match dialect.next(&buf[used..], store) {
                 Step::More => break,
                 Step::Request { slot, used: n } => {
                     used += n;
-                    conn.last_request.set(Instant::now());
+                    started = true;
                     let close = matches!(slot, Slot::Close);
                     let charge = n + slot.charge();
                     conn.push(slot, charge);
@@ -250,7 +268,7 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
                 }
                 Step::Final { slot, used: n } => {
                     used += n;
-                    conn.last_request.set(Instant::now());
+                    started = true;
                     conn.push(slot, n);
                     conn.push(Slot::Close, 0);
                     fatal = true;
@@ -265,6 +283,9 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
                     break;
                 }
             }
+        }
+        if started {
+            conn.last_request.set(Instant::now());
         }
         store.flush();
         if fatal || conn.closed.get() || conn.stop_reading.get() {
@@ -314,7 +335,9 @@ async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
             if conn.closed.get() {
                 return;
             }
+            conn.writer_waits.set(true);
             conn.queued.notified().await;
+            conn.writer_waits.set(false);
             continue;
         };
         match slot {
@@ -381,7 +404,9 @@ async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
         }
         // Answered: the reader may start more.
         conn.inflight_bytes.set(conn.inflight_bytes.get() - charged);
-        conn.drained.notify_one();
+        if conn.reader_waits.get() {
+            conn.drained.notify_one();
+        }
         if out.len() >= WRITE_GATHER_BYTES.min(RESPONSE_BYTES_QUEUED_MAX) {
             out = match write_out(&conn, out).await {
                 Some(o) => o,
