@@ -85,12 +85,24 @@ struct Entry {
     data: Data,
     /// The key's length (in a joined block, where the value starts).
     key_len: u32,
+    /// Sixteen bits of the key's hash that the table does not use (see [`tag_of`]): a lookup
+    /// compares the key, in the entry's block (a cache miss), only where they match.
+    tag: u16,
     referenced: Cell<bool>,
 }
 
+// An entry is three words: a bucket holds nothing else.
+const _: () = assert!(std::mem::size_of::<Entry>() == 24);
+
+/// The bits of a key's hash an entry keeps: hashbrown places an entry by the hash's low bits
+/// and tells its bucket's candidates apart by the top seven; these are neither.
+fn tag_of(hash: u64) -> u16 {
+    (hash >> 32) as u16
+}
+
 impl Entry {
-    /// An entry of `key` and `value`; apart where `split` says so.
-    fn new(key: &[u8], value: &[u8], split: bool) -> Entry {
+    /// An entry of `key` (whose hash has `tag`) and `value`; apart where `split` says so.
+    fn new(key: &[u8], tag: u16, value: &[u8], split: bool) -> Entry {
         let data = if split {
             Data::Split(Box::new(Split {
                 key: Bytes::copy_from_slice(key),
@@ -105,7 +117,25 @@ impl Entry {
         Entry {
             data,
             key_len: u32::try_from(key.len()).expect("keys are limited far below 4 GiB"),
+            tag,
             referenced: Cell::new(false),
+        }
+    }
+
+    /// Whether this is the entry of `key`, whose hash has `tag`.
+    fn is(&self, key: &[u8], tag: u16) -> bool {
+        self.tag == tag && self.key_len as usize == key.len() && self.key() == key
+    }
+
+    /// Where the entry's block is, and its length: the key and value, or the box that holds
+    /// them.
+    fn block(&self) -> (*const u8, usize) {
+        match &self.data {
+            Data::Joined(b) => (b.as_ptr(), b.len()),
+            Data::Split(s) => (
+                std::ptr::from_ref::<Split>(s).cast(),
+                std::mem::size_of::<Split>(),
+            ),
         }
     }
 
@@ -158,6 +188,13 @@ fn cost(key_len: usize, value_len: usize, split: bool, mirror: bool) -> usize {
     bytes + bytes / 8 + overhead + if mirror { MIRROR_OVERHEAD_BYTES } else { 0 }
 }
 
+/// The two passes of [`ValueCache::prefetch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    Bucket,
+    Block,
+}
+
 pub struct ValueCache {
     budget: usize,
     used: usize,
@@ -192,7 +229,39 @@ impl ValueCache {
 
     fn find(&self, key: &[u8]) -> Option<&Entry> {
         let hash = self.hasher.hash_one(key);
-        self.table.find(hash, |e| e.key() == key)
+        self.table.find(hash, |e| e.is(key, tag_of(hash)))
+    }
+
+    /// Asks the CPU to start loading what a lookup of `key` will read, without waiting for
+    /// it: [`Prefetch::Bucket`] the entry's bucket (found from the table's control bytes
+    /// alone), then, once that has had time to arrive, [`Prefetch::Block`] the entry's block
+    /// (found from the bucket, without comparing the key). Lookups of a pipeline's keys,
+    /// prepared by one pass of each over all of them, overlap their cache misses instead of
+    /// taking them one after another.
+    pub fn prefetch(&self, key: &[u8], stage: Prefetch) {
+        let hash = self.hasher.hash_one(key);
+        match stage {
+            Prefetch::Bucket => {
+                // The first candidate the control bytes name: the key's entry, but for one
+                // chance in 128 per other entry in its group.
+                self.table.find(hash, |e| {
+                    prefetch(std::ptr::from_ref(e).cast());
+                    true
+                });
+            }
+            Prefetch::Block => {
+                let tag = tag_of(hash);
+                if let Some(e) = self
+                    .table
+                    .find(hash, |e| e.tag == tag && e.key_len as usize == key.len())
+                {
+                    // A 100-byte value after its key spans two cache lines: both are asked for.
+                    let (at, len) = e.block();
+                    prefetch(at);
+                    prefetch(at.wrapping_add(len.saturating_sub(1)));
+                }
+            }
+        }
     }
 
     /// Whether `key` is cached (without counting it as a hit).
@@ -212,7 +281,8 @@ impl ValueCache {
         let charge = cost(key.len(), value.len(), split, self.mirror.is_some());
         let hash = self.hasher.hash_one(key);
         let (budget, used, mirrored) = (self.budget, self.used, self.mirror.is_some());
-        if let Some(e) = self.table.find_mut(hash, |e| e.key() == key) {
+        let tag = tag_of(hash);
+        if let Some(e) = self.table.find_mut(hash, |e| e.is(key, tag)) {
             // Overwrite in place when the new value fits the budget's rules; else drop it.
             let old = e.cost(mirrored);
             if charge <= budget / 8 && used - old + charge <= budget {
@@ -223,7 +293,7 @@ impl ValueCache {
                     }
                     _ => {
                         let referenced = e.referenced.get();
-                        *e = Entry::new(key, value, split);
+                        *e = Entry::new(key, tag, value, split);
                         e.referenced.set(referenced);
                     }
                 }
@@ -240,7 +310,7 @@ impl ValueCache {
         while self.used + charge > self.budget && !self.table.is_empty() {
             self.evict_one();
         }
-        let entry = Entry::new(key, value, split);
+        let entry = Entry::new(key, tag, value, split);
         entry.mirror_into(&self.mirror);
         self.used += charge;
         let hasher = &self.hasher;
@@ -250,7 +320,7 @@ impl ValueCache {
 
     pub fn remove(&mut self, key: &[u8]) {
         let hash = self.hasher.hash_one(key);
-        if let Ok(found) = self.table.find_entry(hash, |e| e.key() == key) {
+        if let Ok(found) = self.table.find_entry(hash, |e| e.is(key, tag_of(hash))) {
             let (e, _) = found.remove();
             self.forget(&e);
         }
@@ -300,6 +370,23 @@ impl ValueCache {
     }
 }
 
+/// Starts loading the cache line at `p` into the CPU's caches, without waiting for it.
+#[cfg(target_arch = "x86_64")]
+fn prefetch(p: *const u8) {
+    #[expect(
+        unsafe_code,
+        reason = "std has no stable prefetch; listed in UNSAFE.md"
+    )]
+    // SAFETY: a prefetch is a hint: it reads no memory architecturally and cannot fault, so
+    // any address is sound (this one is a live allocation of the cache's).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch(_: *const u8) {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +427,33 @@ mod tests {
             }
             let each = cost(4, 4, mirror.is_some(), mirror.is_some());
             assert_eq!(c.used_bytes(), 500 * each);
+        }
+    }
+
+    #[test]
+    fn prefetching_changes_nothing() {
+        // Guards against the prefetch hint (which finds entries by a part of the hash alone)
+        // touching an entry's state or failing on keys it does not hold.
+        for mirror in [None, Some(Arc::new(ReadMirror::default()))] {
+            let mut c = ValueCache::new(1 << 20, mirror);
+            let key = |i: u32| format!("key-{i}").into_bytes();
+            for stage in [Prefetch::Bucket, Prefetch::Block] {
+                c.prefetch(b"absent", stage);
+            }
+            for i in 0..1000 {
+                c.insert(&key(i), &[i as u8; 100]);
+            }
+            let used = c.used_bytes();
+            for i in 0..2000 {
+                for stage in [Prefetch::Bucket, Prefetch::Block] {
+                    c.prefetch(&key(i), stage);
+                }
+            }
+            assert_eq!(c.used_bytes(), used);
+            assert!(c.table.iter().all(|e| !e.referenced.get()), "a prefetch is no hit");
+            for i in 0..1000 {
+                assert_eq!(c.get(&key(i)).as_deref(), Some(&[i as u8; 100][..]));
+            }
         }
     }
 

@@ -30,7 +30,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use cache::ReadMirror;
+pub use cache::{Prefetch, ReadMirror};
 pub use durability::FsyncPolicy;
 pub use fair_queue::{Source, EMBEDDED};
 pub use key_filter::KeyFilter;

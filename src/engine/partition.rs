@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::active_hint::ActiveHint;
-use super::cache::{ReadMirror, ValueCache};
+use super::cache::{Prefetch, ReadMirror, ValueCache};
 use super::durability::FsyncPolicy;
 use super::fair_queue::{FairQueue, Source, EMBEDDED};
 use super::hint::{self, HintBuilder, HintEntry};
@@ -319,6 +319,12 @@ impl<D: Disk> Partition<D> {
             return Some(None);
         }
         None
+    }
+
+    /// Starts loading what a [`Partition::get_cached`] of `key` will read (see
+    /// [`ValueCache::prefetch`]).
+    pub fn prefetch_cached(&self, key: &[u8], stage: Prefetch) {
+        self.inner.state.borrow().cache.prefetch(key, stage);
     }
 
     /// The length of `key`'s record on disk, if the key is live.

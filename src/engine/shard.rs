@@ -9,6 +9,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::cache::Prefetch;
 use super::fair_queue::Source;
 use super::partition::{Partition, PartitionConfig, PartitionStats};
 use crate::io_backend::Disk;
@@ -121,6 +122,13 @@ impl<D: Disk> Shard<D> {
         self.partitions.get(&partition)?.get_cached(key)
     }
 
+    /// Starts loading what a [`Shard::get_cached`] of `key` will read.
+    pub fn prefetch_cached(&self, partition: u32, key: &[u8], stage: Prefetch) {
+        if let Some(p) = self.partitions.get(&partition) {
+            p.prefetch_cached(key, stage);
+        }
+    }
+
     pub fn stats(&self) -> Vec<PartitionStats> {
         self.partitions.values().map(Partition::stats).collect()
     }
@@ -145,6 +153,17 @@ impl<D: Disk> Shard<D> {
         while let Some(msg) = inbox.recv().await {
             match msg {
                 ShardMsg::Ops(ops) => {
+                    // Another worker's batch: its cached gets overlap their cache misses, as a
+                    // pipeline's do on the worker that read it.
+                    if ops.len() > 1 {
+                        for stage in [Prefetch::Bucket, Prefetch::Block] {
+                            for r in &ops {
+                                if let Op::Get(key) = &r.op {
+                                    self.prefetch_cached(r.partition, key, stage);
+                                }
+                            }
+                        }
+                    }
                     for Routed {
                         partition,
                         source,

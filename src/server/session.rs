@@ -114,6 +114,10 @@ pub enum Step {
 
 /// A wire protocol as a session sees it: requests in, slots out.
 pub trait Dialect<S: Store>: 'static {
+    /// Looks over the requests at the head of `buf` before they are started, one by one, by
+    /// [`Dialect::next`]: a dialect may ask the store to prepare for them
+    /// ([`Store::prefetch_gets`]).
+    fn prepare(&mut self, _buf: &[u8], _store: &S) {}
     fn next(&mut self, buf: &[u8], store: &S) -> Step;
     /// How many bytes the request at the head of `buf` needs in all (a hint to size the read
     /// buffer; only called after `next` returned `More`, so the length is already checked).
@@ -242,6 +246,7 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
         // Whether a request was started since `last_request` was last set: the clock is read
         // once per pass over the buffer, not once per request.
         let mut started = false;
+        dialect.prepare(&buf, store);
         while !conn.closed.get() {
             if conn.full() {
                 if std::mem::take(&mut started) {

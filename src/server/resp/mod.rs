@@ -168,7 +168,34 @@ fn check_name(name: &Bytes) -> Result<Option<Bytes>, Vec<u8>> {
     Ok((!name.is_empty()).then(|| name.clone()))
 }
 
+/// Requests [`Resp::prepare`] looks at, at most, per pass over the read buffer.
+const PREPARE_REQUESTS_MAX: usize = 32;
+
 impl<S: Store> Dialect<S> for Resp {
+    /// Prefetches the keys of the plain GETs at the head of the buffer (skipping plain SETs),
+    /// up to the first request of any other kind.
+    fn prepare(&mut self, mut buf: &[u8], store: &S) {
+        if !self.gate.is_open() {
+            return;
+        }
+        let mut keys: [&[u8]; PREPARE_REQUESTS_MAX] = [&[]; PREPARE_REQUESTS_MAX];
+        let mut n = 0;
+        for _ in 0..PREPARE_REQUESTS_MAX {
+            if let Some((key, used)) = resp::plain_get(buf, KEY_BYTES_MAX) {
+                keys[n] = key;
+                n += 1;
+                buf = &buf[used..];
+            } else if let Some((.., used)) = resp::plain_set(buf, KEY_BYTES_MAX, VALUE_BYTES_MAX) {
+                buf = &buf[used..];
+            } else {
+                break;
+            }
+        }
+        if n > 1 {
+            store.prefetch_gets(&keys[..n]);
+        }
+    }
+
     fn next(&mut self, buf: &[u8], store: &S) -> Step {
         // Most requests are plain GETs and SETs: those are read without the general parser's
         // allocations, and a GET is answered (when cached) from the key where it lies.
