@@ -450,7 +450,10 @@ mod tests {
                 }
             }
             assert_eq!(c.used_bytes(), used);
-            assert!(c.table.iter().all(|e| !e.referenced.get()), "a prefetch is no hit");
+            assert!(
+                c.table.iter().all(|e| !e.referenced.get()),
+                "a prefetch is no hit"
+            );
             for i in 0..1000 {
                 assert_eq!(c.get(&key(i)).as_deref(), Some(&[i as u8; 100][..]));
             }

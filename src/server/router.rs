@@ -126,6 +126,15 @@ impl<D: Disk> KvsRouter<D> {
         (partition, self.inner.owner_of[partition as usize])
     }
 
+    /// A get of this worker's partition that the cache and the index cannot answer: a read
+    /// from disk, charged the record's length.
+    fn read_from_disk(&self, partition: u32, key: Bytes) -> Started {
+        let shard = self.inner.shard.clone();
+        let bytes = shard.record_len(partition, &key).unwrap_or(0);
+        let read = async move { shard.get(partition, key).await };
+        Started::Task(Box::pin(read), bytes)
+    }
+
     fn start_at(&self, partition: u32, owner: usize, op: Op) -> Started {
         if owner == self.inner.me {
             let shard = &self.inner.shard;
@@ -133,12 +142,7 @@ impl<D: Disk> KvsRouter<D> {
                 Op::Get(key) => {
                     return match shard.get_cached(partition, &key) {
                         Some(v) => Started::Now(Ok(v)),
-                        None => {
-                            let bytes = shard.record_len(partition, &key).unwrap_or(0);
-                            let shard = shard.clone();
-                            let read = async move { shard.get(partition, key).await };
-                            Started::Task(Box::pin(read), bytes)
-                        }
+                        None => self.read_from_disk(partition, key),
                     }
                 }
                 Op::Set(key, value) => shard.submit(partition, self.source, key, Some(value)),
@@ -187,9 +191,10 @@ impl<D: Disk> Store for KvsRouter<D> {
     fn start_get(&self, key: &[u8]) -> Started {
         let (partition, owner) = self.route(key);
         if owner == self.inner.me {
-            if let Some(v) = self.inner.shard.get_cached(partition, key) {
-                return Started::Now(Ok(v));
-            }
+            return match self.inner.shard.get_cached(partition, key) {
+                Some(v) => Started::Now(Ok(v)),
+                None => self.read_from_disk(partition, Bytes::copy_from_slice(key)),
+            };
         }
         self.start_at(partition, owner, Op::Get(Bytes::copy_from_slice(key)))
     }
