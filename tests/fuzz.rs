@@ -16,7 +16,8 @@ use std::sync::Once;
 use bytes::Bytes;
 use kvs::engine::StoreOptions;
 use kvs::io_backend::IoChoice;
-use kvs::protocol::resp::{parse_command, parse_reply};
+use kvs::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use kvs::protocol::resp::{parse_command, parse_reply, plain_get, plain_set};
 use kvs::protocol::{
     decode_client_hello, decode_request, decode_response, decode_server_hello, encode_request,
     encode_response,
@@ -220,11 +221,25 @@ fn fuzz_native_response_decoder() {
 
 #[test]
 fn fuzz_resp_command_parser() {
-    // Guards against the RESP command parser panicking or claiming more bytes than it had.
+    // Guards against the RESP command parser panicking or claiming more bytes than it had, and
+    // against the server's fast paths for GET and SET reading a command the parser reads
+    // otherwise (or refuses).
     fuzz("resp_command", iterations(40_000), |input| {
-        if let Ok(Some((args, used))) = parse_command(input) {
-            assert!(used <= input.len());
-            assert!(args.iter().map(Bytes::len).sum::<usize>() <= used);
+        let parsed = parse_command(input);
+        if let Ok(Some((args, used))) = &parsed {
+            assert!(*used <= input.len());
+            assert!(args.iter().map(Bytes::len).sum::<usize>() <= *used);
+        }
+        if let Some((key, used)) = plain_get(input, KEY_BYTES_MAX) {
+            let (args, general_used) = parsed.clone().unwrap().unwrap();
+            assert_eq!((used, args.len(), &args[1][..]), (general_used, 2, key));
+            assert!(args[0].eq_ignore_ascii_case(b"GET"));
+        }
+        if let Some((key, value, used)) = plain_set(input, KEY_BYTES_MAX, VALUE_BYTES_MAX) {
+            let (args, general_used) = parsed.unwrap().unwrap();
+            assert_eq!((used, args.len()), (general_used, 3));
+            assert_eq!((&args[1][..], &args[2][..]), (key, value));
+            assert!(args[0].eq_ignore_ascii_case(b"SET"));
         }
     });
 }
