@@ -767,8 +767,8 @@ impl<D: Disk> Partition<D> {
 
         let writeback = {
             let mut st = self.inner.state.borrow_mut();
-            // Look every key up first: lookups in a tight loop overlap their cache misses, which the
-            // updates below would otherwise take one after another.
+            // Look every key up first: lookups in a tight loop overlap their cache misses, which
+            // the updates below would otherwise take one after another.
             for o in &ops {
                 std::hint::black_box((st.index.get(&o.key), st.cache.contains(&o.key)));
             }
