@@ -14,7 +14,7 @@ use bytes::Bytes;
 use kvs::protocol::{ErrorKind, Request, Response};
 use support::native::NativeConn;
 use support::server::{
-    io_backends, mib, run_to_exit, status_kib, Server, ServerBuilder, SERVER_BIN,
+    free_addr, io_backends, mib, run_to_exit, status_kib, Server, ServerBuilder, SERVER_BIN,
 };
 
 fn b(s: &str) -> Bytes {
@@ -432,6 +432,34 @@ fn connection_cap_answers_busy_then_closes() {
     let mut text = String::new();
     r.read_to_string(&mut text).unwrap();
     assert_eq!(text, "-ERR max number of clients reached\r\n");
+}
+
+#[test]
+fn sigterm_as_soon_as_the_port_accepts_is_a_graceful_exit() {
+    // Guards against a SIGTERM that arrives once clients can be served, but before the signal
+    // handler is in place, killing the server instead of shutting it down (a client that
+    // connects, writes and stops the server at once saw that).
+    for io in io_backends() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let addr = free_addr();
+            let server = ServerBuilder::new(dir.path())
+                .io(io)
+                .addr(addr)
+                .args(["--cores", "2"])
+                .spawn();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while TcpStream::connect(addr).is_err() {
+                assert!(Instant::now() < deadline, "{io}: the server never listened");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let status = server.terminate(Duration::from_secs(10));
+            assert!(
+                status.success(),
+                "{io}: SIGTERM right after listening: {status}"
+            );
+        }
+    }
 }
 
 #[test]

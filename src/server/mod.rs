@@ -336,6 +336,18 @@ pub fn start(config: ServerConfig) -> Result<RunningServer> {
 
 /// Runs a server until SIGINT or SIGTERM, then shuts it down gracefully.
 pub fn run(config: ServerConfig) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The handlers are in place before the workers listen: a SIGTERM that follows the first
+    // answered request must shut the server down gracefully, not kill it.
+    let (mut term, mut int) = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
     let server = start(config)?;
     tracing::info!(
         addr = %server.local_addr(),
@@ -346,19 +358,12 @@ pub fn run(config: ServerConfig) -> Result<()> {
         "listening on {}",
         server.local_addr()
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
-        Ok::<(), std::io::Error>(())
-    })?;
+    });
     server.shutdown();
     Ok(())
 }
