@@ -79,6 +79,9 @@ struct RouterInner<D: Disk> {
     io_backend: &'static str,
 }
 
+/// Keys [`Store::prefetch_gets`] prefetches at most, per call.
+pub const PREFETCH_KEYS_MAX: usize = 32;
+
 /// kvs's partitions, reached from one worker.
 pub struct KvsRouter<D: Disk> {
     inner: Rc<RouterInner<D>>,
@@ -176,14 +179,21 @@ impl<D: Disk> Store for KvsRouter<D> {
     }
 
     fn prefetch_gets(&self, keys: &[&[u8]]) {
+        // Each key is routed once; the keys of other workers' partitions are left out.
+        let mut local = [(0u32, &[][..]); PREFETCH_KEYS_MAX];
+        let mut n = 0;
+        for &key in keys.iter().take(PREFETCH_KEYS_MAX) {
+            let (partition, owner) = self.route(key);
+            if owner == self.inner.me {
+                local[n] = (partition, key);
+                n += 1;
+            }
+        }
         // One pass per stage over all the keys: each stage's loads overlap one another, and
         // the first stage's have arrived by the time the second needs them.
         for stage in [Prefetch::Bucket, Prefetch::Block] {
-            for key in keys {
-                let (partition, owner) = self.route(key);
-                if owner == self.inner.me {
-                    self.inner.shard.prefetch_cached(partition, key, stage);
-                }
+            for &(partition, key) in &local[..n] {
+                self.inner.shard.prefetch_cached(partition, key, stage);
             }
         }
     }

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 
 use super::auth::{Gate, Verdict};
-use super::router::{LocalBoxFuture, Store};
+use super::router::{LocalBoxFuture, Store, PREFETCH_KEYS_MAX};
 use super::session::{answer, delayed, Dialect, Slot, Step};
 use super::ServerFacts;
 use crate::engine::shard::{Op, OpResult};
@@ -169,7 +169,7 @@ fn check_name(name: &Bytes) -> Result<Option<Bytes>, Vec<u8>> {
 }
 
 /// Requests [`Resp::prepare`] looks at, at most, per pass over the read buffer.
-const PREPARE_REQUESTS_MAX: usize = 32;
+const PREPARE_REQUESTS_MAX: usize = PREFETCH_KEYS_MAX;
 
 impl<S: Store> Dialect<S> for Resp {
     /// Prefetches the keys of the plain GETs at the head of the buffer (skipping plain SETs),
