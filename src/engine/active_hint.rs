@@ -141,14 +141,13 @@ impl<F: DiskFile> ActiveHint<F> {
             HintFile::NotMade => None,
             HintFile::Made(f) => Some(f),
         };
-        let (header, pos, rest) = self.builder.finish(id, segment_len);
+        let builder = self.builder;
         let done = async {
             let file = match file {
                 Some(f) => f,
                 None => make(disk, &active).await?,
             };
-            write_all(&*file, rest, pos).await?;
-            write_all(&*file, header, 0).await?;
+            write_rest(&*file, builder, id, segment_len).await?;
             file.sync_data().await?;
             disk.rename(&active, &segment::hint_path(dir, id)).await
         }
@@ -198,6 +197,20 @@ impl<F: DiskFile> HintChunk<F> {
         let buf = write_all(&*file, self.bytes, self.pos).await?;
         Ok((file, buf))
     }
+}
+
+/// Writes what is left of a hint in `file`: the entries `builder` still holds and the checksum,
+/// then the header (last, so that a hint cut short never checks out). The caller syncs.
+pub async fn write_rest<F: DiskFile>(
+    file: &F,
+    builder: HintBuilder,
+    id: u64,
+    segment_len: u64,
+) -> io::Result<()> {
+    let (header, pos, rest) = builder.finish(id, segment_len);
+    write_all(file, rest, pos).await?;
+    write_all(file, header, 0).await?;
+    Ok(())
 }
 
 /// Makes an empty hint file at `path` (one left by an earlier process is emptied).

@@ -23,7 +23,7 @@ use hashbrown::HashMap;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::active_hint::ActiveHint;
+use super::active_hint::{self, ActiveHint};
 use super::cache::{Prefetch, ReadMirror, ValueCache};
 use super::durability::FsyncPolicy;
 use super::fair_queue::{FairQueue, Source, EMBEDDED};
@@ -1315,11 +1315,7 @@ impl<D: Disk> Partition<D> {
                 out.file.sync_data().await?;
                 // The hint: what is left of it, then its header; synced before the commit.
                 let hint = std::mem::take(&mut out.hint);
-                let (header, pos, rest) = hint.finish(u64::from(out.id), out.used);
-                write_all(&out.hint_file, rest, pos)
-                    .await
-                    .map_err(KvsError::from_write)?;
-                write_all(&out.hint_file, header, 0)
+                active_hint::write_rest(&out.hint_file, hint, u64::from(out.id), out.used)
                     .await
                     .map_err(KvsError::from_write)?;
                 out.hint_file.sync_data().await?;
