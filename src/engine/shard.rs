@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::Prefetch;
@@ -47,12 +48,47 @@ pub struct Routed {
     pub source: Source,
     pub op: Op,
     /// Where the result goes.
-    pub reply: oneshot::Sender<OpResult>,
+    pub reply: Reply,
+}
+
+/// Where an operation's result goes.
+pub enum Reply {
+    /// Its own channel.
+    Own(oneshot::Sender<OpResult>),
+    /// The next place in its batch's answers (a get only: a write's answer waits for the
+    /// writer, and goes on its own channel).
+    InBatch,
+}
+
+/// Operations sent to a shard in one message.
+pub struct Batch {
+    pub ops: Vec<Routed>,
+    /// Where the answers of the batch's [`Reply::InBatch`] gets go, in their order, in one
+    /// message once every one is known.
+    pub answers: Option<oneshot::Sender<Vec<OpResult>>>,
+}
+
+impl Batch {
+    /// One operation, answered on its own channel.
+    pub fn one(partition: u32, source: Source, op: Op) -> (Batch, oneshot::Receiver<OpResult>) {
+        let (tx, rx) = oneshot::channel();
+        let routed = Routed {
+            partition,
+            source,
+            op,
+            reply: Reply::Own(tx),
+        };
+        let batch = Batch {
+            ops: vec![routed],
+            answers: None,
+        };
+        (batch, rx)
+    }
 }
 
 /// What other threads send a shard.
 pub enum ShardMsg {
-    Ops(Vec<Routed>),
+    Ops(Batch),
     Stats(oneshot::Sender<Vec<PartitionStats>>),
     Compact(oneshot::Sender<Result<()>>),
     /// Close every partition (queued writes are finished and synced), then answer.
@@ -146,57 +182,84 @@ impl<D: Disk> Shard<D> {
         }
     }
 
-    /// Serves messages from other threads until the inbox closes or a `Close` arrives. A get
-    /// the partition can answer without I/O is answered at once, a write is queued at once, and
-    /// a read from disk runs as its own local task so a slow read does not hold up the others.
+    /// Serves another worker's batch. A get the partition can answer without I/O is answered
+    /// at once, a write is queued at once, and a read from disk runs as its own local task so a
+    /// slow read does not hold up the others. The batch's answers go back in one message once
+    /// its reads from disk (if any) are done.
+    fn serve_batch(&self, ops: Vec<Routed>, answers: Option<oneshot::Sender<Vec<OpResult>>>) {
+        // Its cached gets overlap their cache misses, as a pipeline's do on the worker that
+        // read it.
+        if ops.len() > 1 {
+            for stage in [Prefetch::Bucket, Prefetch::Block] {
+                for r in &ops {
+                    if let Op::Get(key) = &r.op {
+                        self.prefetch_cached(r.partition, key, stage);
+                    }
+                }
+            }
+        }
+        let mut answered: Vec<OpResult> =
+            Vec::with_capacity(if answers.is_some() { ops.len() } else { 0 });
+        // The batch's gets that must read the disk: their place in `answered`.
+        let mut reads: Vec<(usize, Partition<D>, Bytes)> = Vec::new();
+        for Routed {
+            partition,
+            source,
+            op,
+            reply,
+        } in ops
+        {
+            let p = match self.partition(partition) {
+                Ok(p) => p,
+                Err(e) => {
+                    deliver(reply, Err(e), &mut answered);
+                    continue;
+                }
+            };
+            match (op, reply) {
+                (Op::Get(key), reply) => match p.get_cached(&key) {
+                    Some(found) => deliver(reply, Ok(found), &mut answered),
+                    None => match reply {
+                        Reply::Own(tx) => {
+                            let p = p.clone();
+                            tokio::task::spawn_local(async move {
+                                let _ = tx.send(p.get(&key).await);
+                            });
+                        }
+                        Reply::InBatch => {
+                            reads.push((answered.len(), p.clone(), key));
+                            answered.push(Ok(None));
+                        }
+                    },
+                },
+                // Queued here, in arrival order: no task between a write and its place in the
+                // writer's queue.
+                (Op::Set(key, value), Reply::Own(tx)) => p.enqueue(source, key, Some(value), tx),
+                (Op::Remove(key), Reply::Own(tx)) => p.enqueue(source, key, None, tx),
+                (Op::Set(..) | Op::Remove(_), Reply::InBatch) => answered.push(Err(
+                    KvsError::Config("a write cannot be answered in its batch".into()),
+                )),
+            }
+        }
+        let Some(tx) = answers else { return };
+        if reads.is_empty() {
+            let _ = tx.send(answered);
+            return;
+        }
+        tokio::task::spawn_local(async move {
+            let got = join_all(reads.iter().map(|(_, p, key)| p.get(key))).await;
+            for ((at, ..), result) in reads.iter().zip(got) {
+                answered[*at] = result;
+            }
+            let _ = tx.send(answered);
+        });
+    }
+
+    /// Serves messages from other threads until the inbox closes or a `Close` arrives.
     pub async fn serve(&self, mut inbox: mpsc::UnboundedReceiver<ShardMsg>) {
         while let Some(msg) = inbox.recv().await {
             match msg {
-                ShardMsg::Ops(ops) => {
-                    // Another worker's batch: its cached gets overlap their cache misses, as a
-                    // pipeline's do on the worker that read it.
-                    if ops.len() > 1 {
-                        for stage in [Prefetch::Bucket, Prefetch::Block] {
-                            for r in &ops {
-                                if let Op::Get(key) = &r.op {
-                                    self.prefetch_cached(r.partition, key, stage);
-                                }
-                            }
-                        }
-                    }
-                    for Routed {
-                        partition,
-                        source,
-                        op,
-                        reply,
-                    } in ops
-                    {
-                        let p = match self.partition(partition) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                let _ = reply.send(Err(e));
-                                continue;
-                            }
-                        };
-                        match op {
-                            Op::Get(key) => match p.get_cached(&key) {
-                                Some(found) => {
-                                    let _ = reply.send(Ok(found));
-                                }
-                                None => {
-                                    let p = p.clone();
-                                    tokio::task::spawn_local(async move {
-                                        let _ = reply.send(p.get(&key).await);
-                                    });
-                                }
-                            },
-                            // Queued here, in arrival order: no task between a write and its
-                            // place in the writer's queue.
-                            Op::Set(key, value) => p.enqueue(source, key, Some(value), reply),
-                            Op::Remove(key) => p.enqueue(source, key, None, reply),
-                        }
-                    }
-                }
+                ShardMsg::Ops(Batch { ops, answers }) => self.serve_batch(ops, answers),
                 ShardMsg::Stats(reply) => {
                     let _ = reply.send(self.stats());
                 }
@@ -211,5 +274,15 @@ impl<D: Disk> Shard<D> {
             }
         }
         self.close().await;
+    }
+}
+
+/// Sends a result where `reply` says: its own channel, or the next place in the batch's answers.
+fn deliver(reply: Reply, result: OpResult, answered: &mut Vec<OpResult>) {
+    match reply {
+        Reply::Own(tx) => {
+            let _ = tx.send(result);
+        }
+        Reply::InBatch => answered.push(result),
     }
 }

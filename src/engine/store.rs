@@ -19,7 +19,7 @@ use super::fair_queue::EMBEDDED;
 use super::key_filter::KeyFilter;
 use super::meta::{self, EngineKind, StoreMeta};
 use super::partition::{PartitionConfig, PartitionStats};
-use super::shard::{partition_of, Op, OpResult, Routed, Shard, ShardMsg};
+use super::shard::{partition_of, Batch, Op, OpResult, Shard, ShardMsg};
 use super::KvsEngine;
 use crate::io_backend::{
     self, BackendChoice, BlockingDisk, Disk, IoBackendKind, IoChoice, UringDisk,
@@ -233,15 +233,10 @@ impl KvStore {
 
     /// Runs `op` on the owner thread; `partition` is its key's.
     async fn call(&self, partition: u32, op: Op) -> OpResult {
-        let (tx, rx) = oneshot::channel();
+        let (batch, rx) = Batch::one(partition, EMBEDDED, op);
         self.shared
             .inbox
-            .send(ShardMsg::Ops(vec![Routed {
-                partition,
-                source: EMBEDDED,
-                op,
-                reply: tx,
-            }]))
+            .send(ShardMsg::Ops(batch))
             .map_err(|_| KvsError::Closed)?;
         rx.await.map_err(|_| KvsError::Closed)?
     }

@@ -1,16 +1,18 @@
 //! How a session reaches the data. [`Store`] is what sessions call; [`KvsRouter`] sends each
 //! operation to the worker that owns its partition (directly when that is this worker, else
-//! batched into one message per owner, one hop), and [`SledStore`] calls sled directly.
+//! batched into one message per owner, one hop, whose gets are answered in one message back),
+//! and [`SledStore`] calls sled directly.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::shard::{partition_of, Op, OpResult, Routed, Shard, ShardMsg};
+use crate::engine::shard::{partition_of, Batch, Op, OpResult, Reply, Routed, Shard, ShardMsg};
 use crate::engine::{KvsEngine, Prefetch, SledKvsEngine};
 use crate::engine::{Source, EMBEDDED};
 use crate::io_backend::Disk;
@@ -19,14 +21,155 @@ use crate::{KvsError, Result};
 
 pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
-/// An operation once started: finished already, waiting on a channel (a queued write, or an
+/// An operation once started: finished already, waiting for an answer (a queued write, or an
 /// operation sent to another worker), or a future to run (a read from disk) with the bytes its
 /// result may hold.
 pub enum Started {
     Now(OpResult),
-    /// The answer arrives on the channel; the bytes it may hold are charged to the connection.
-    Later(oneshot::Receiver<OpResult>, usize),
+    /// The answer arrives later; the bytes it may hold are charged to the connection.
+    Later(Answer, usize),
     Task(LocalBoxFuture<OpResult>, usize),
+}
+
+/// The answer to an operation that waits: on its own channel (a write), or in the answers to
+/// the batch of gets it was sent to another worker in.
+pub enum Answer {
+    Channel(oneshot::Receiver<OpResult>),
+    InBatch(Rc<BatchAnswers>, usize),
+}
+
+impl Answer {
+    /// The answer, if it has arrived (`Closed` if it never will).
+    pub fn try_take(&mut self) -> Option<OpResult> {
+        match self {
+            Answer::Channel(rx) => match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(KvsError::Closed)),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+            },
+            Answer::InBatch(batch, at) => match batch.poll_take(*at, None) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            },
+        }
+    }
+}
+
+impl Future for Answer {
+    type Output = OpResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OpResult> {
+        match self.get_mut() {
+            Answer::Channel(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(KvsError::Closed))),
+            Answer::InBatch(batch, at) => batch.poll_take(*at, Some(cx)),
+        }
+    }
+}
+
+/// The answers to one batch of gets sent to another worker: they arrive together, in one
+/// message, where each get used to have a channel (an allocation, and a wake-up of this thread
+/// from the other, per get). Shared by the gets' [`Answer`]s; each takes its own once.
+pub struct BatchAnswers {
+    /// The channel the answers arrive on, from the moment the batch is sent.
+    rx: RefCell<Option<oneshot::Receiver<Vec<OpResult>>>>,
+    answers: RefCell<Option<Vec<OpResult>>>,
+    /// The answers will never arrive (the batch was never sent, or its worker is gone).
+    closed: Cell<bool>,
+    /// The tasks waiting: the channel wakes only the last to poll it, which wakes the others.
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl BatchAnswers {
+    fn new() -> BatchAnswers {
+        BatchAnswers {
+            rx: RefCell::new(None),
+            answers: RefCell::new(None),
+            closed: Cell::new(false),
+            waiters: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Takes answer `at` if the answers have arrived; else, given a context, wakes its task
+    /// when they do.
+    fn poll_take(&self, at: usize, mut cx: Option<&mut Context<'_>>) -> Poll<OpResult> {
+        if let Some(answers) = self.answers.borrow_mut().as_mut() {
+            // A batch answered short (which the owner never does) answers `Closed`.
+            let taken = answers
+                .get_mut(at)
+                .map(|a| std::mem::replace(a, Ok(None)))
+                .unwrap_or(Err(KvsError::Closed));
+            return Poll::Ready(taken);
+        }
+        if self.closed.get() {
+            return Poll::Ready(Err(KvsError::Closed));
+        }
+        let arrived = match (self.rx.borrow_mut().as_mut(), cx.as_deref_mut()) {
+            (None, _) => None,
+            (Some(rx), Some(cx)) => match Pin::new(rx).poll(cx) {
+                Poll::Ready(r) => Some(r.ok()),
+                Poll::Pending => None,
+            },
+            (Some(rx), None) => match rx.try_recv() {
+                Ok(answers) => Some(Some(answers)),
+                Err(oneshot::error::TryRecvError::Closed) => Some(None),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+            },
+        };
+        if let Some(answers) = arrived {
+            self.rx.borrow_mut().take();
+            match answers {
+                Some(answers) => *self.answers.borrow_mut() = Some(answers),
+                None => self.closed.set(true),
+            }
+            self.wake_all();
+            return self.poll_take(at, None);
+        }
+        if let Some(cx) = cx {
+            let mut waiters = self.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The batch is sent: its answers arrive on `rx`.
+    fn sent(&self, rx: oneshot::Receiver<Vec<OpResult>>) {
+        *self.rx.borrow_mut() = Some(rx);
+        // A task that waited before the batch left polls again, now on the channel.
+        self.wake_all();
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        for w in self.waiters.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The operations held for one other worker until [`Store::flush`].
+#[derive(Default)]
+struct Held {
+    ops: Vec<Routed>,
+    /// The answers of the held gets, and how many there are.
+    answers: Option<Rc<BatchAnswers>>,
+    gets: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Gets never sent are never answered.
+        if let Some(answers) = self.answers.take() {
+            answers.close();
+        }
+    }
 }
 
 /// The data as a session sees it.
@@ -45,9 +188,7 @@ pub trait Store: Clone + 'static {
     fn call(&self, op: Op) -> LocalBoxFuture<OpResult> {
         match self.start(op) {
             Started::Now(r) => Box::pin(std::future::ready(r)),
-            Started::Later(rx, _) => {
-                Box::pin(async move { rx.await.unwrap_or(Err(KvsError::Closed)) })
-            }
+            Started::Later(answer, _) => Box::pin(answer),
             Started::Task(f, _) => f,
         }
     }
@@ -66,8 +207,6 @@ pub trait Store: Clone + 'static {
     }
 }
 
-type Held = Vec<Routed>;
-
 struct RouterInner<D: Disk> {
     me: usize,
     shard: Shard<D>,
@@ -75,7 +214,6 @@ struct RouterInner<D: Disk> {
     /// Partition to owning worker.
     owner_of: Rc<[usize]>,
     inboxes: Rc<[mpsc::UnboundedSender<ShardMsg>]>,
-    held: RefCell<Vec<Held>>,
     io_backend: &'static str,
 }
 
@@ -87,6 +225,9 @@ pub struct KvsRouter<D: Disk> {
     inner: Rc<RouterInner<D>>,
     /// Whose operations these are.
     source: Source,
+    /// This source's operations for other workers, by worker, until [`Store::flush`]. Each
+    /// source holds its own, so a batch's answers are waited for by one client's tasks only.
+    held: Rc<RefCell<Vec<Held>>>,
 }
 
 impl<D: Disk> Clone for KvsRouter<D> {
@@ -94,6 +235,7 @@ impl<D: Disk> Clone for KvsRouter<D> {
         KvsRouter {
             inner: self.inner.clone(),
             source: self.source,
+            held: self.held.clone(),
         }
     }
 }
@@ -114,10 +256,12 @@ impl<D: Disk> KvsRouter<D> {
                 partitions: owner_of.len() as u32,
                 owner_of,
                 inboxes,
-                held: RefCell::new((0..workers).map(|_| Vec::new()).collect()),
                 io_backend,
             }),
             source: EMBEDDED,
+            held: Rc::new(RefCell::new(
+                (0..workers).map(|_| Held::default()).collect(),
+            )),
         }
     }
 }
@@ -153,22 +297,37 @@ impl<D: Disk> KvsRouter<D> {
             };
             return match queued {
                 // A write's answer is small; its request bytes are charged already.
-                Ok(rx) => Started::Later(rx, 0),
+                Ok(rx) => Started::Later(Answer::Channel(rx), 0),
                 Err(e) => Started::Now(Err(e)),
             };
         }
-        let charge = match op {
-            Op::Get(_) => crate::limits::REMOTE_READ_CHARGE_BYTES,
-            Op::Set(..) | Op::Remove(_) => 0,
+        let mut held = self.held.borrow_mut();
+        let held = &mut held[owner];
+        let (reply, answer, charge) = match op {
+            Op::Get(_) => {
+                let answers = held
+                    .answers
+                    .get_or_insert_with(|| Rc::new(BatchAnswers::new()));
+                let answer = Answer::InBatch(answers.clone(), held.gets);
+                held.gets += 1;
+                (
+                    Reply::InBatch,
+                    answer,
+                    crate::limits::REMOTE_READ_CHARGE_BYTES,
+                )
+            }
+            Op::Set(..) | Op::Remove(_) => {
+                let (tx, rx) = oneshot::channel();
+                (Reply::Own(tx), Answer::Channel(rx), 0)
+            }
         };
-        let (tx, rx) = oneshot::channel();
-        self.inner.held.borrow_mut()[owner].push(Routed {
+        held.ops.push(Routed {
             partition,
             source: self.source,
             op,
-            reply: tx,
+            reply,
         });
-        Started::Later(rx, charge)
+        Started::Later(answer, charge)
     }
 }
 
@@ -210,19 +369,34 @@ impl<D: Disk> Store for KvsRouter<D> {
     }
 
     fn flush(&self) {
-        let mut held = self.inner.held.borrow_mut();
-        for (worker, ops) in held.iter_mut().enumerate() {
-            if !ops.is_empty() {
-                // A closed inbox drops the replies, which the callers see as `Closed`.
-                let _ = self.inner.inboxes[worker].send(ShardMsg::Ops(std::mem::take(ops)));
+        let mut held = self.held.borrow_mut();
+        for (worker, held) in held.iter_mut().enumerate() {
+            if held.ops.is_empty() {
+                continue;
             }
+            // The next batch is likely as long as this one.
+            let next = Vec::with_capacity(held.ops.len());
+            let ops = std::mem::replace(&mut held.ops, next);
+            held.gets = 0;
+            let answers = held.answers.take().map(|answers| {
+                let (tx, rx) = oneshot::channel();
+                answers.sent(rx);
+                tx
+            });
+            // A closed inbox drops the batch and its channels, which the callers see as
+            // `Closed`.
+            let _ = self.inner.inboxes[worker].send(ShardMsg::Ops(Batch { ops, answers }));
         }
     }
 
     fn for_source(&self, source: Source) -> Self {
+        let workers = self.inner.inboxes.len();
         KvsRouter {
             inner: self.inner.clone(),
             source,
+            held: Rc::new(RefCell::new(
+                (0..workers).map(|_| Held::default()).collect(),
+            )),
         }
     }
 

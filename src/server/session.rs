@@ -17,13 +17,13 @@ use std::net::Shutdown;
 use std::rc::Rc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::auth::{AuthConfig, Gate, Verdict};
 use super::net::NetStream;
-use super::router::{Started, Store};
+use super::router::{Answer, Started, Store};
 use super::ServerFacts;
 use crate::engine::shard::{Op, OpResult};
 use crate::limits::{
@@ -67,7 +67,7 @@ pub enum Slot {
         encode: Encoder,
     },
     Wait {
-        rx: oneshot::Receiver<OpResult>,
+        rx: Answer,
         encode: Encoder,
         /// The bytes the answer may hold, charged to the connection.
         charge: usize,
@@ -349,17 +349,16 @@ async fn write_responses<N: NetStream>(conn: Rc<Conn<N>>) {
             Slot::Ready(bytes) => out.extend_from_slice(&bytes),
             Slot::Done { result, encode } => encode(result, &mut out),
             Slot::Wait { mut rx, encode, .. } => {
-                let result = match rx.try_recv() {
-                    Ok(r) => r,
-                    Err(oneshot::error::TryRecvError::Closed) => Err(KvsError::Closed),
-                    Err(oneshot::error::TryRecvError::Empty) => {
+                let result = match rx.try_take() {
+                    Some(r) => r,
+                    None => {
                         if !out.is_empty() {
                             out = match write_out(&conn, out).await {
                                 Some(o) => o,
                                 None => return,
                             };
                         }
-                        rx.await.unwrap_or(Err(KvsError::Closed))
+                        rx.await
                     }
                 };
                 encode(result, &mut out);

@@ -127,7 +127,7 @@ fn converse_in(dialect: &mut Resp, store: &MemStore, chunks: &[&[u8]]) -> Outcom
             match slot {
                 Slot::Ready(bytes) => sent.extend_from_slice(&bytes),
                 Slot::Done { result, encode } => encode(result, &mut sent),
-                Slot::Wait { rx, encode, .. } => encode(rx.await.unwrap(), &mut sent),
+                Slot::Wait { rx, encode, .. } => encode(rx.await, &mut sent),
                 Slot::Task(handle, _) => sent.extend_from_slice(&handle.await.unwrap()),
                 Slot::Delayed { bytes, until } => {
                     tokio::time::sleep_until(until).await;
