@@ -600,3 +600,72 @@ fn replies_match_redis_server_for_the_same_commands() {
         }
     }
 }
+
+#[test]
+fn a_pipeline_across_workers_is_answered_in_order_from_memory_and_from_disk() {
+    // One connection's commands act in order, as in Redis: a GET after a SET of its key in the
+    // same pipeline reads what the SET wrote, though the SET is not yet acknowledged when the
+    // GET is read. Half the keys belong to the other worker: their gets go there in one batch
+    // per pass and come back in one message. With no cache, each of those gets reads the disk
+    // there, and the batch's answers wait for the reads. MGET and EXISTS wait on the same
+    // batches from tasks of their own, alongside the plain GETs around them.
+    let key = |n: usize| format!("cross{n}").into_bytes();
+    let val = |n: usize, round: usize| format!("value {n} of round {round}").into_bytes();
+    for backend in backends() {
+        // sled answers each command in a task of its own, started in order.
+        for cache in ["--cache-bytes=0", "--cache-bytes=1048576", "--engine=sled"] {
+            let mut server = KvsServer::start_with(backend, &[cache]);
+            let mut client = RespClient::connect(server.addr());
+            let mut model: Vec<Option<Vec<u8>>> = vec![None; 64];
+            for round in 0..4 {
+                let mut sent = Vec::new();
+                let mut want = Vec::new();
+                for n in 0..64 {
+                    // Each key read, written on some rounds, read again, removed on others:
+                    // a get after a set in one pipeline sees the set.
+                    sent.extend(cmd(&[b"GET", &key(n)]));
+                    want.push(Reply::Bulk(model[n].clone().map(Bytes::from)));
+                    if (n + round) % 3 == 0 {
+                        sent.extend(cmd(&[b"SET", &key(n), &val(n, round)]));
+                        want.push(ok());
+                        model[n] = Some(val(n, round));
+                        sent.extend(cmd(&[b"GET", &key(n)]));
+                        want.push(value(&val(n, round)));
+                    }
+                    if (n + round) % 7 == 0 {
+                        sent.extend(cmd(&[b"DEL", &key(n)]));
+                        want.push(Reply::Integer(i64::from(model[n].is_some())));
+                        model[n] = None;
+                    }
+                    if n % 8 == 7 {
+                        let (a, b, c) = (key(n - 7), key(n - 3), key(n));
+                        sent.extend(cmd(&[b"MGET", &a, b"cross-none", &b, &c]));
+                        want.push(Reply::Array(Some(
+                            [n - 7, usize::MAX, n - 3, n]
+                                .iter()
+                                .map(|&i| {
+                                    Reply::Bulk(model.get(i).cloned().flatten().map(Bytes::from))
+                                })
+                                .collect(),
+                        )));
+                        sent.extend(cmd(&[b"EXISTS", &a, &b, &c, b"cross-none"]));
+                        let found = [n - 7, n - 3, n]
+                            .iter()
+                            .filter(|&&i| model[i].is_some())
+                            .count();
+                        want.push(Reply::Integer(found as i64));
+                    }
+                }
+                client.send(&sent);
+                for (i, w) in want.iter().enumerate() {
+                    assert_eq!(
+                        &client.reply(),
+                        w,
+                        "{backend:?} {cache} round {round}, reply {i}"
+                    );
+                }
+            }
+            assert!(server.is_running(), "{backend:?}: {}", server.log());
+        }
+    }
+}

@@ -301,6 +301,45 @@ fn pipelined_batch_of_1000_answers_in_order() {
 }
 
 #[test]
+fn a_pipeline_reads_its_own_writes_in_order() {
+    // Guards against a get answered from the store before an earlier set of its key, in the
+    // same pipeline, is acknowledged: each request must act as if the ones before it were done.
+    for io in io_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerBuilder::new(dir.path())
+            .io(io)
+            .args(["--cores", "2", "--no-pin"])
+            .start();
+        let mut c = NativeConn::connect(server.addr);
+        let mut requests = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..200 {
+            let key = b(&format!("own{}", i % 20));
+            let value = b(&format!("value {i}"));
+            requests.push(Request::Set {
+                key: key.clone(),
+                value: value.clone(),
+            });
+            expected.push(Response::Ok);
+            requests.push(Request::Get { key: key.clone() });
+            expected.push(Response::Value(Some(value)));
+            if i % 3 == 0 {
+                requests.push(Request::Remove { key: key.clone() });
+                expected.push(Response::Ok);
+                requests.push(Request::Get { key: key.clone() });
+                expected.push(Response::Value(None));
+                requests.push(Request::Remove { key });
+                expected.push(Response::NotFound);
+            }
+        }
+        c.send(&requests);
+        for (i, want) in expected.into_iter().enumerate() {
+            assert_eq!(c.recv(), Some(want), "{io}: response {i}");
+        }
+    }
+}
+
+#[test]
 fn idle_and_half_sent_connections_do_not_block_others() {
     // Guards against one slow or silent client holding up everyone else, and against idle
     // connections living forever.

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 pub mod auth;
 pub mod net;
+pub mod own_writes;
 pub mod resp;
 pub mod router;
 pub mod session;

@@ -12,6 +12,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::own_writes::{self, Earlier, OwnWrites, WriteMark};
 use crate::engine::shard::{partition_of, Batch, Op, OpResult, Reply, Routed, Shard, ShardMsg};
 use crate::engine::{KvsEngine, Prefetch, SledKvsEngine};
 use crate::engine::{Source, EMBEDDED};
@@ -31,10 +32,22 @@ pub enum Started {
     Task(LocalBoxFuture<OpResult>, usize),
 }
 
+impl Started {
+    /// The result, as one future.
+    pub fn into_future(self) -> LocalBoxFuture<OpResult> {
+        match self {
+            Started::Now(r) => Box::pin(std::future::ready(r)),
+            Started::Later(answer, _) => Box::pin(answer),
+            Started::Task(f, _) => f,
+        }
+    }
+}
+
 /// The answer to an operation that waits: on its own channel (a write), or in the answers to
 /// the batch of gets it was sent to another worker in.
 pub enum Answer {
-    Channel(oneshot::Receiver<OpResult>),
+    /// A write's: its mark settles the write's outcome for later gets of the same source.
+    Channel(oneshot::Receiver<OpResult>, Option<WriteMark>),
     InBatch(Rc<BatchAnswers>, usize),
 }
 
@@ -42,11 +55,17 @@ impl Answer {
     /// The answer, if it has arrived (`Closed` if it never will).
     pub fn try_take(&mut self) -> Option<OpResult> {
         match self {
-            Answer::Channel(rx) => match rx.try_recv() {
-                Ok(r) => Some(r),
-                Err(oneshot::error::TryRecvError::Closed) => Some(Err(KvsError::Closed)),
-                Err(oneshot::error::TryRecvError::Empty) => None,
-            },
+            Answer::Channel(rx, mark) => {
+                let r = match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(oneshot::error::TryRecvError::Closed) => Err(KvsError::Closed),
+                    Err(oneshot::error::TryRecvError::Empty) => return None,
+                };
+                if let Some(mark) = mark.take() {
+                    mark.settle(&r);
+                }
+                Some(r)
+            }
             Answer::InBatch(batch, at) => match batch.poll_take(*at, None) {
                 Poll::Ready(r) => Some(r),
                 Poll::Pending => None,
@@ -60,9 +79,13 @@ impl Future for Answer {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OpResult> {
         match self.get_mut() {
-            Answer::Channel(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(KvsError::Closed))),
+            Answer::Channel(rx, mark) => {
+                let r = std::task::ready!(Pin::new(rx).poll(cx)).unwrap_or(Err(KvsError::Closed));
+                if let Some(mark) = mark.take() {
+                    mark.settle(&r);
+                }
+                Poll::Ready(r)
+            }
             Answer::InBatch(batch, at) => batch.poll_take(*at, Some(cx)),
         }
     }
@@ -186,11 +209,7 @@ pub trait Store: Clone + 'static {
     fn prefetch_gets(&self, _keys: &[&[u8]]) {}
     /// Starts `op` as one future.
     fn call(&self, op: Op) -> LocalBoxFuture<OpResult> {
-        match self.start(op) {
-            Started::Now(r) => Box::pin(std::future::ready(r)),
-            Started::Later(answer, _) => Box::pin(answer),
-            Started::Task(f, _) => f,
-        }
+        self.start(op).into_future()
     }
     /// Sends held operations to their owners: one message per owner.
     fn flush(&self);
@@ -228,6 +247,8 @@ pub struct KvsRouter<D: Disk> {
     /// This source's operations for other workers, by worker, until [`Store::flush`]. Each
     /// source holds its own, so a batch's answers are waited for by one client's tasks only.
     held: Rc<RefCell<Vec<Held>>>,
+    /// This source's writes not answered yet, which its gets of the same keys answer after.
+    own: Rc<OwnWrites>,
 }
 
 impl<D: Disk> Clone for KvsRouter<D> {
@@ -236,6 +257,7 @@ impl<D: Disk> Clone for KvsRouter<D> {
             inner: self.inner.clone(),
             source: self.source,
             held: self.held.clone(),
+            own: self.own.clone(),
         }
     }
 }
@@ -262,6 +284,7 @@ impl<D: Disk> KvsRouter<D> {
             held: Rc::new(RefCell::new(
                 (0..workers).map(|_| Held::default()).collect(),
             )),
+            own: Rc::default(),
         }
     }
 }
@@ -282,6 +305,25 @@ impl<D: Disk> KvsRouter<D> {
         Started::Task(Box::pin(read), bytes)
     }
 
+    /// A get of a key this source has written and not had the answer to: answered with what
+    /// that write left, once its answer is taken (`own_writes`).
+    fn get_after(&self, earlier: Earlier, partition: u32, owner: usize, key: Bytes) -> Started {
+        let written = earlier
+            .iter()
+            .filter_map(|(v, _)| v.as_ref().map(Bytes::len));
+        let charge = written
+            .max()
+            .unwrap_or(0)
+            .max(crate::limits::REMOTE_READ_CHARGE_BYTES);
+        let router = self.clone();
+        let read = move || {
+            let started = router.start_at(partition, owner, Op::Get(key));
+            router.flush();
+            started.into_future()
+        };
+        Started::Task(Box::pin(own_writes::get_after(earlier, read)), charge)
+    }
+
     fn start_at(&self, partition: u32, owner: usize, op: Op) -> Started {
         if owner == self.inner.me {
             let shard = &self.inner.shard;
@@ -297,7 +339,7 @@ impl<D: Disk> KvsRouter<D> {
             };
             return match queued {
                 // A write's answer is small; its request bytes are charged already.
-                Ok(rx) => Started::Later(Answer::Channel(rx), 0),
+                Ok(rx) => Started::Later(Answer::Channel(rx, None), 0),
                 Err(e) => Started::Now(Err(e)),
             };
         }
@@ -318,7 +360,7 @@ impl<D: Disk> KvsRouter<D> {
             }
             Op::Set(..) | Op::Remove(_) => {
                 let (tx, rx) = oneshot::channel();
-                (Reply::Own(tx), Answer::Channel(rx), 0)
+                (Reply::Own(tx), Answer::Channel(rx, None), 0)
             }
         };
         held.ops.push(Routed {
@@ -334,7 +376,24 @@ impl<D: Disk> KvsRouter<D> {
 impl<D: Disk> Store for KvsRouter<D> {
     fn start(&self, op: Op) -> Started {
         let (partition, owner) = self.route(op.key());
-        self.start_at(partition, owner, op)
+        let mark = match &op {
+            Op::Get(key) => {
+                if let Some(earlier) = self.own.of(key) {
+                    let Op::Get(key) = op else { unreachable!() };
+                    return self.get_after(earlier, partition, owner, key);
+                }
+                None
+            }
+            Op::Set(key, value) => Some(self.own.record(key.clone(), Some(value.clone()))),
+            Op::Remove(key) => Some(self.own.record(key.clone(), None)),
+        };
+        match (self.start_at(partition, owner, op), mark) {
+            (Started::Later(Answer::Channel(rx, None), charge), Some(mark)) => {
+                Started::Later(Answer::Channel(rx, Some(mark)), charge)
+            }
+            // A write refused at once drops its mark: failed.
+            (started, _) => started,
+        }
     }
 
     fn prefetch_gets(&self, keys: &[&[u8]]) {
@@ -359,6 +418,9 @@ impl<D: Disk> Store for KvsRouter<D> {
 
     fn start_get(&self, key: &[u8]) -> Started {
         let (partition, owner) = self.route(key);
+        if let Some(earlier) = self.own.of(key) {
+            return self.get_after(earlier, partition, owner, Bytes::copy_from_slice(key));
+        }
         if owner == self.inner.me {
             return match self.inner.shard.get_cached(partition, key) {
                 Some(v) => Started::Now(Ok(v)),
@@ -397,6 +459,7 @@ impl<D: Disk> Store for KvsRouter<D> {
             held: Rc::new(RefCell::new(
                 (0..workers).map(|_| Held::default()).collect(),
             )),
+            own: Rc::default(),
         }
     }
 
