@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::own_writes::{self, Earlier, OwnWrites, WriteMark};
+use super::own_writes::{self, Earlier, OwnWrites, WriteAnswer};
 use crate::engine::shard::{partition_of, Batch, Op, OpResult, Reply, Routed, Shard, ShardMsg};
 use crate::engine::{KvsEngine, Prefetch, SledKvsEngine};
 use crate::engine::{Source, EMBEDDED};
@@ -46,8 +46,9 @@ impl Started {
 /// The answer to an operation that waits: on its own channel (a write), or in the answers to
 /// the batch of gets it was sent to another worker in.
 pub enum Answer {
-    /// A write's: its mark settles the write's outcome for later gets of the same source.
-    Channel(oneshot::Receiver<OpResult>, Option<WriteMark>),
+    Channel(oneshot::Receiver<OpResult>),
+    /// A write's, which later gets of the same source and key may wait for.
+    Write(WriteAnswer),
     InBatch(Rc<BatchAnswers>, usize),
 }
 
@@ -55,17 +56,12 @@ impl Answer {
     /// The answer, if it has arrived (`Closed` if it never will).
     pub fn try_take(&mut self) -> Option<OpResult> {
         match self {
-            Answer::Channel(rx, mark) => {
-                let r = match rx.try_recv() {
-                    Ok(r) => r,
-                    Err(oneshot::error::TryRecvError::Closed) => Err(KvsError::Closed),
-                    Err(oneshot::error::TryRecvError::Empty) => return None,
-                };
-                if let Some(mark) = mark.take() {
-                    mark.settle(&r);
-                }
-                Some(r)
-            }
+            Answer::Channel(rx) => match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(KvsError::Closed)),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+            },
+            Answer::Write(w) => w.try_take(),
             Answer::InBatch(batch, at) => match batch.poll_take(*at, None) {
                 Poll::Ready(r) => Some(r),
                 Poll::Pending => None,
@@ -79,13 +75,10 @@ impl Future for Answer {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OpResult> {
         match self.get_mut() {
-            Answer::Channel(rx, mark) => {
-                let r = std::task::ready!(Pin::new(rx).poll(cx)).unwrap_or(Err(KvsError::Closed));
-                if let Some(mark) = mark.take() {
-                    mark.settle(&r);
-                }
-                Poll::Ready(r)
-            }
+            Answer::Channel(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(KvsError::Closed))),
+            Answer::Write(w) => w.poll_take(cx),
             Answer::InBatch(batch, at) => batch.poll_take(*at, Some(cx)),
         }
     }
@@ -305,15 +298,11 @@ impl<D: Disk> KvsRouter<D> {
         Started::Task(Box::pin(read), bytes)
     }
 
-    /// A get of a key this source has written and not had the answer to: answered with what
-    /// that write left, once its answer is taken (`own_writes`).
+    /// A get of a key whose newest write by this source is not answered yet: answered with
+    /// what that write left, once its answer is in (`own_writes`).
     fn get_after(&self, earlier: Earlier, partition: u32, owner: usize, key: Bytes) -> Started {
-        let written = earlier
-            .iter()
-            .filter_map(|(v, _)| v.as_ref().map(Bytes::len));
-        let charge = written
-            .max()
-            .unwrap_or(0)
+        let charge = earlier
+            .value_len()
             .max(crate::limits::REMOTE_READ_CHARGE_BYTES);
         let router = self.clone();
         let read = move || {
@@ -339,7 +328,7 @@ impl<D: Disk> KvsRouter<D> {
             };
             return match queued {
                 // A write's answer is small; its request bytes are charged already.
-                Ok(rx) => Started::Later(Answer::Channel(rx, None), 0),
+                Ok(rx) => Started::Later(Answer::Channel(rx), 0),
                 Err(e) => Started::Now(Err(e)),
             };
         }
@@ -360,7 +349,7 @@ impl<D: Disk> KvsRouter<D> {
             }
             Op::Set(..) | Op::Remove(_) => {
                 let (tx, rx) = oneshot::channel();
-                (Reply::Own(tx), Answer::Channel(rx, None), 0)
+                (Reply::Own(tx), Answer::Channel(rx), 0)
             }
         };
         held.ops.push(Routed {
@@ -376,7 +365,7 @@ impl<D: Disk> KvsRouter<D> {
 impl<D: Disk> Store for KvsRouter<D> {
     fn start(&self, op: Op) -> Started {
         let (partition, owner) = self.route(op.key());
-        let mark = match &op {
+        let written = match &op {
             Op::Get(key) => {
                 if let Some(earlier) = self.own.of(key) {
                     let Op::Get(key) = op else { unreachable!() };
@@ -384,14 +373,14 @@ impl<D: Disk> Store for KvsRouter<D> {
                 }
                 None
             }
-            Op::Set(key, value) => Some(self.own.record(key.clone(), Some(value.clone()))),
-            Op::Remove(key) => Some(self.own.record(key.clone(), None)),
+            Op::Set(key, value) => Some((key.clone(), Some(value.clone()))),
+            Op::Remove(key) => Some((key.clone(), None)),
         };
-        match (self.start_at(partition, owner, op), mark) {
-            (Started::Later(Answer::Channel(rx, None), charge), Some(mark)) => {
-                Started::Later(Answer::Channel(rx, Some(mark)), charge)
+        match (self.start_at(partition, owner, op), written) {
+            (Started::Later(Answer::Channel(rx), charge), Some((key, value))) => {
+                Started::Later(Answer::Write(self.own.record(key, value, rx)), charge)
             }
-            // A write refused at once drops its mark: failed.
+            // A write refused at once changed nothing.
             (started, _) => started,
         }
     }
