@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::own_writes::{self, Earlier, OwnWrites, WriteAnswer};
+use super::own_writes::{self, Earlier, OwnWrites, WriteMark};
 use crate::engine::shard::{partition_of, Batch, Op, OpResult, Reply, Routed, Shard, ShardMsg};
 use crate::engine::{KvsEngine, Prefetch, SledKvsEngine};
 use crate::engine::{Source, EMBEDDED};
@@ -46,9 +46,8 @@ impl Started {
 /// The answer to an operation that waits: on its own channel (a write), or in the answers to
 /// the batch of gets it was sent to another worker in.
 pub enum Answer {
-    Channel(oneshot::Receiver<OpResult>),
-    /// A write's, which later gets of the same source and key may wait for.
-    Write(WriteAnswer),
+    /// A write's: its mark settles the write's outcome for later gets of the same source.
+    Channel(oneshot::Receiver<OpResult>, Option<WriteMark>),
     InBatch(Rc<BatchAnswers>, usize),
 }
 
@@ -56,12 +55,17 @@ impl Answer {
     /// The answer, if it has arrived (`Closed` if it never will).
     pub fn try_take(&mut self) -> Option<OpResult> {
         match self {
-            Answer::Channel(rx) => match rx.try_recv() {
-                Ok(r) => Some(r),
-                Err(oneshot::error::TryRecvError::Closed) => Some(Err(KvsError::Closed)),
-                Err(oneshot::error::TryRecvError::Empty) => None,
-            },
-            Answer::Write(w) => w.try_take(),
+            Answer::Channel(rx, mark) => {
+                let r = match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(oneshot::error::TryRecvError::Closed) => Err(KvsError::Closed),
+                    Err(oneshot::error::TryRecvError::Empty) => return None,
+                };
+                if let Some(mark) = mark.take() {
+                    mark.settle(&r);
+                }
+                Some(r)
+            }
             Answer::InBatch(batch, at) => match batch.poll_take(*at, None) {
                 Poll::Ready(r) => Some(r),
                 Poll::Pending => None,
@@ -75,10 +79,13 @@ impl Future for Answer {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OpResult> {
         match self.get_mut() {
-            Answer::Channel(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(KvsError::Closed))),
-            Answer::Write(w) => w.poll_take(cx),
+            Answer::Channel(rx, mark) => {
+                let r = std::task::ready!(Pin::new(rx).poll(cx)).unwrap_or(Err(KvsError::Closed));
+                if let Some(mark) = mark.take() {
+                    mark.settle(&r);
+                }
+                Poll::Ready(r)
+            }
             Answer::InBatch(batch, at) => batch.poll_take(*at, Some(cx)),
         }
     }
@@ -284,6 +291,15 @@ impl<D: Disk> KvsRouter<D> {
 
 impl<D: Disk> KvsRouter<D> {
     /// The partition of `key`, and the worker that owns it.
+    /// The key's crc32c, its partition (the crc modulo the partition count, as
+    /// [`partition_of`]), and the worker that owns it.
+    fn route_hashed(&self, key: &[u8]) -> (u32, u32, usize) {
+        let hash = crc32c::crc32c(key);
+        let partition = hash % self.inner.partitions;
+        debug_assert_eq!(partition, partition_of(key, self.inner.partitions));
+        (hash, partition, self.inner.owner_of[partition as usize])
+    }
+
     fn route(&self, key: &[u8]) -> (u32, usize) {
         let partition = partition_of(key, self.inner.partitions);
         (partition, self.inner.owner_of[partition as usize])
@@ -299,7 +315,7 @@ impl<D: Disk> KvsRouter<D> {
     }
 
     /// A get of a key whose newest write by this source is not answered yet: answered with
-    /// what that write left, once its answer is in (`own_writes`).
+    /// what that write left, once its answer is taken (`own_writes`).
     fn get_after(&self, earlier: Earlier, partition: u32, owner: usize, key: Bytes) -> Started {
         let charge = earlier
             .value_len()
@@ -328,7 +344,7 @@ impl<D: Disk> KvsRouter<D> {
             };
             return match queued {
                 // A write's answer is small; its request bytes are charged already.
-                Ok(rx) => Started::Later(Answer::Channel(rx), 0),
+                Ok(rx) => Started::Later(Answer::Channel(rx, None), 0),
                 Err(e) => Started::Now(Err(e)),
             };
         }
@@ -349,7 +365,7 @@ impl<D: Disk> KvsRouter<D> {
             }
             Op::Set(..) | Op::Remove(_) => {
                 let (tx, rx) = oneshot::channel();
-                (Reply::Own(tx), Answer::Channel(rx), 0)
+                (Reply::Own(tx), Answer::Channel(rx, None), 0)
             }
         };
         held.ops.push(Routed {
@@ -364,23 +380,23 @@ impl<D: Disk> KvsRouter<D> {
 
 impl<D: Disk> Store for KvsRouter<D> {
     fn start(&self, op: Op) -> Started {
-        let (partition, owner) = self.route(op.key());
-        let written = match &op {
+        let (hash, partition, owner) = self.route_hashed(op.key());
+        let mark = match &op {
             Op::Get(key) => {
-                if let Some(earlier) = self.own.of(key) {
+                if let Some(earlier) = self.own.of(hash, key) {
                     let Op::Get(key) = op else { unreachable!() };
                     return self.get_after(earlier, partition, owner, key);
                 }
                 None
             }
-            Op::Set(key, value) => Some((key.clone(), Some(value.clone()))),
-            Op::Remove(key) => Some((key.clone(), None)),
+            Op::Set(key, value) => Some(self.own.record(hash, key.clone(), Some(value.clone()))),
+            Op::Remove(key) => Some(self.own.record(hash, key.clone(), None)),
         };
-        match (self.start_at(partition, owner, op), written) {
-            (Started::Later(Answer::Channel(rx), charge), Some((key, value))) => {
-                Started::Later(Answer::Write(self.own.record(key, value, rx)), charge)
+        match (self.start_at(partition, owner, op), mark) {
+            (Started::Later(Answer::Channel(rx, None), charge), Some(mark)) => {
+                Started::Later(Answer::Channel(rx, Some(mark)), charge)
             }
-            // A write refused at once changed nothing.
+            // A write refused at once drops its mark: failed.
             (started, _) => started,
         }
     }
@@ -406,8 +422,8 @@ impl<D: Disk> Store for KvsRouter<D> {
     }
 
     fn start_get(&self, key: &[u8]) -> Started {
-        let (partition, owner) = self.route(key);
-        if let Some(earlier) = self.own.of(key) {
+        let (hash, partition, owner) = self.route_hashed(key);
+        if let Some(earlier) = self.own.of(hash, key) {
             return self.get_after(earlier, partition, owner, Bytes::copy_from_slice(key));
         }
         if owner == self.inner.me {
