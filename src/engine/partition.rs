@@ -401,8 +401,9 @@ impl<D: Disk> Partition<D> {
     }
 
     /// Queues a put (`Some(value)`) or a delete (`None`) for the writer loop and returns, at
-    /// once, the channel its acknowledgement (`Ok(None)`) or error will arrive on. The writer
-    /// takes each `source`'s writes in order, and sources in turn.
+    /// once, the channel its acknowledgement (`Ok` with the value written, `None` for a
+    /// delete) or error will arrive on. The writer takes each `source`'s writes in order, and
+    /// sources in turn.
     pub fn submit(
         &self,
         source: Source,
@@ -841,8 +842,10 @@ impl<D: Disk> Partition<D> {
         if let Some((pos, len)) = writeback {
             file.start_writeback(pos, len);
         }
+        // A put's acknowledgement hands its value back (the requester may answer a later get
+        // of the key with it, see `server::own_writes`); a delete's is `None`.
         for o in ops {
-            let _ = o.reply.send(Ok(None));
+            let _ = o.reply.send(Ok(o.value));
         }
         self.write_hint_chunk().await;
         self.maybe_prepare_spare();

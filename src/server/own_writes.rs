@@ -44,37 +44,58 @@ fn bit(hash: u32) -> u64 {
 
 struct Unanswered {
     hash: u32,
-    key: Bytes,
-    /// What the write leaves: the value of a set, `None` after a remove.
-    value: Option<Bytes>,
+    key: KeyCopy,
     outcome: Rc<Outcome>,
 }
 
-/// The newest write of a key whose answer is not taken yet, and what it leaves.
-pub struct Earlier {
-    value: Option<Bytes>,
-    outcome: Rc<Outcome>,
+/// A key as the list keeps it: a copy in place when short (no allocation), else shared.
+enum KeyCopy {
+    Inline {
+        len: u8,
+        bytes: [u8; KEY_INLINE_MAX],
+    },
+    Shared(Bytes),
 }
 
-impl Earlier {
-    /// The bytes its answer holds.
-    pub fn value_len(&self) -> usize {
-        self.value.as_ref().map_or(0, Bytes::len)
+const KEY_INLINE_MAX: usize = 30;
+
+impl KeyCopy {
+    fn of(key: &Bytes) -> KeyCopy {
+        if key.len() <= KEY_INLINE_MAX {
+            let mut bytes = [0; KEY_INLINE_MAX];
+            bytes[..key.len()].copy_from_slice(key);
+            KeyCopy::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            KeyCopy::Shared(key.clone())
+        }
+    }
+
+    fn is(&self, key: &[u8]) -> bool {
+        match self {
+            KeyCopy::Inline { len, bytes } => &bytes[..usize::from(*len)] == key,
+            KeyCopy::Shared(k) => k == key,
+        }
     }
 }
 
+/// The newest write of a key whose answer is not taken yet.
+pub struct Earlier {
+    outcome: Rc<Outcome>,
+}
+
 impl OwnWrites {
-    /// Records a write of `key` (whose crc32c is `hash`): a set of `value`, or a remove
-    /// (`None`). Its answer settles the returned mark.
-    pub fn record(&self, hash: u32, key: Bytes, value: Option<Bytes>) -> WriteMark {
+    /// Records a write of `key` (whose crc32c is `hash`); a remove if `remove`. Its answer
+    /// settles the returned mark.
+    pub fn record(&self, hash: u32, key: &Bytes, remove: bool) -> WriteMark {
         let outcome = Rc::new(Outcome::default());
-        let remove = value.is_none();
         let mut unanswered = self.unanswered.borrow_mut();
         self.prune(&mut unanswered);
         unanswered.push_back(Unanswered {
             hash,
-            key,
-            value,
+            key: KeyCopy::of(key),
             outcome: outcome.clone(),
         });
         self.summary.set(self.summary.get() | bit(hash));
@@ -97,13 +118,13 @@ impl OwnWrites {
         let newest = unanswered
             .iter()
             .rev()
-            .find(|w| w.hash == hash && w.key == key)?;
+            .find(|w| w.hash == hash && w.key.is(key))?;
         // Taken means acknowledged or failed: the store holds its effect, if it had one.
         if newest.outcome.is_settled() {
             return None;
         }
+        newest.outcome.wanted.set(true);
         Some(Earlier {
-            value: newest.value.clone(),
             outcome: newest.outcome.clone(),
         })
     }
@@ -129,6 +150,11 @@ impl OwnWrites {
 pub struct Outcome {
     /// `Some(true)`: applied; `Some(false)`: failed, or its answer was dropped untaken.
     settled: Cell<Option<bool>>,
+    /// A get waits for this write: keep what it left when it is answered.
+    wanted: Cell<bool>,
+    /// What the write left, kept only when `wanted`: the value of a put (its acknowledgement
+    /// hands it back), `None` after a remove.
+    left: RefCell<Option<Bytes>>,
     waiters: RefCell<Vec<Waker>>,
 }
 
@@ -173,7 +199,12 @@ pub struct WriteMark {
 impl WriteMark {
     pub fn settle(self, result: &OpResult) {
         let applied = match result {
-            Ok(_) => true,
+            Ok(value) => {
+                if self.outcome.wanted.get() {
+                    *self.outcome.left.borrow_mut() = value.clone();
+                }
+                true
+            }
             // Removing an absent key leaves it absent, as a remove that succeeds does.
             Err(KvsError::KeyNotFound) => self.remove,
             Err(_) => false,
@@ -195,7 +226,8 @@ where
     F: std::future::Future<Output = OpResult>,
 {
     if earlier.outcome.applied().await {
-        return Ok(earlier.value);
+        // Several gets may wait for the same write: each answers with it.
+        return Ok(earlier.outcome.left.borrow().clone());
     }
     read().await
 }
@@ -223,20 +255,24 @@ mod tests {
         Ok(Some(b("store")))
     }
 
+    /// A put's acknowledgement, which hands its value back.
+    fn acked(v: &str) -> OpResult {
+        Ok(Some(b(v)))
+    }
+
     #[test]
     fn a_get_answers_with_what_the_newest_write_of_its_key_left() {
         let own = OwnWrites::default();
-        let first = own.record(h("k"), b("k"), Some(b("1")));
-        let other = own.record(h("j"), b("j"), Some(b("x")));
-        let second = own.record(h("k"), b("k"), Some(b("2")));
+        let first = own.record(h("k"), &b("k"), false);
+        let other = own.record(h("j"), &b("j"), false);
+        let second = own.record(h("k"), &b("k"), false);
         assert!(own.of(h("absent"), b"absent").is_none());
         let earlier = own
             .of(h("k"), b"k")
             .expect("the newest write of k is outstanding");
-        assert_eq!(earlier.value_len(), 1);
-        first.settle(&Ok(None));
-        other.settle(&Ok(None));
-        second.settle(&Ok(None));
+        first.settle(&acked("1"));
+        other.settle(&acked("x"));
+        second.settle(&acked("2"));
         assert_eq!(block_on(get_after(earlier, store)).unwrap(), Some(b("2")));
         // Every answer taken: the list empties and gets go straight to the store.
         assert!(own.of(h("k"), b"k").is_none());
@@ -245,19 +281,30 @@ mod tests {
     }
 
     #[test]
+    fn a_hash_shared_by_two_keys_is_told_apart_by_the_key() {
+        let own = OwnWrites::default();
+        let long = Bytes::from(vec![b'k'; 100]);
+        let _set = own.record(7, &long, false);
+        let _short = own.record(7, &b("k"), false);
+        assert!(own.of(7, b"other").is_none());
+        assert!(own.of(7, &long).is_some());
+        assert!(own.of(7, b"k").is_some());
+    }
+
+    #[test]
     fn a_newer_write_taken_first_sends_the_get_to_the_store() {
         // A DEL answered inside its own task, before the session took an earlier SET's
         // answer: the store holds both, and whatever other connections wrote after them.
         let own = OwnWrites::default();
-        let _set = own.record(h("k"), b("k"), Some(b("1")));
-        own.record(h("k"), b("k"), None).settle(&Ok(None));
+        let _set = own.record(h("k"), &b("k"), false);
+        own.record(h("k"), &b("k"), true).settle(&Ok(None));
         assert!(own.of(h("k"), b"k").is_none());
     }
 
     #[test]
     fn failures_fall_through_to_the_store_and_removes_leave_the_key_absent() {
         let own = OwnWrites::default();
-        let set = own.record(h("k"), b("k"), Some(b("v")));
+        let set = own.record(h("k"), &b("k"), false);
         let earlier = own.of(h("k"), b"k").unwrap();
         set.settle(&Err(KvsError::DiskFull));
         assert_eq!(
@@ -265,12 +312,12 @@ mod tests {
             Some(b("store"))
         );
 
-        let remove = own.record(h("k"), b("k"), None);
+        let remove = own.record(h("k"), &b("k"), true);
         let earlier = own.of(h("k"), b"k").unwrap();
         remove.settle(&Err(KvsError::KeyNotFound));
         assert_eq!(block_on(get_after(earlier, store)).unwrap(), None);
 
-        let set = own.record(h("k"), b("k"), Some(b("v")));
+        let set = own.record(h("k"), &b("k"), false);
         let earlier = own.of(h("k"), b"k").unwrap();
         drop(set); // its answer dropped untaken: the connection went away
         assert_eq!(
@@ -283,7 +330,7 @@ mod tests {
     fn a_get_waits_until_the_answer_is_taken() {
         block_on(async {
             let own = OwnWrites::default();
-            let set = own.record(h("k"), b("k"), Some(b("v")));
+            let set = own.record(h("k"), &b("k"), false);
             let earlier = own.of(h("k"), b"k").unwrap();
             let local = tokio::task::LocalSet::new();
             local
@@ -293,7 +340,7 @@ mod tests {
                     }));
                     tokio::task::yield_now().await;
                     assert!(!get.is_finished());
-                    set.settle(&Ok(None));
+                    set.settle(&acked("v"));
                     assert_eq!(get.await.unwrap().unwrap(), Some(b("v")));
                 })
                 .await;

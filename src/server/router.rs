@@ -317,9 +317,8 @@ impl<D: Disk> KvsRouter<D> {
     /// A get of a key whose newest write by this source is not answered yet: answered with
     /// what that write left, once its answer is taken (`own_writes`).
     fn get_after(&self, earlier: Earlier, partition: u32, owner: usize, key: Bytes) -> Started {
-        let charge = earlier
-            .value_len()
-            .max(crate::limits::REMOTE_READ_CHARGE_BYTES);
+        // The value it answers with shares the write's, charged with the write's request.
+        let charge = crate::limits::REMOTE_READ_CHARGE_BYTES;
         let router = self.clone();
         let read = move || {
             let started = router.start_at(partition, owner, Op::Get(key));
@@ -389,8 +388,8 @@ impl<D: Disk> Store for KvsRouter<D> {
                 }
                 None
             }
-            Op::Set(key, value) => Some(self.own.record(hash, key.clone(), Some(value.clone()))),
-            Op::Remove(key) => Some(self.own.record(hash, key.clone(), None)),
+            Op::Set(key, _) => Some(self.own.record(hash, key, false)),
+            Op::Remove(key) => Some(self.own.record(hash, key, true)),
         };
         match (self.start_at(partition, owner, op), mark) {
             (Started::Later(Answer::Channel(rx, None), charge), Some(mark)) => {
