@@ -36,6 +36,12 @@ impl Op {
             Op::Get(k) | Op::Set(k, _) | Op::Remove(k) => k,
         }
     }
+
+    pub fn into_key(self) -> Bytes {
+        match self {
+            Op::Get(k) | Op::Set(k, _) | Op::Remove(k) => k,
+        }
+    }
 }
 
 /// The result of an [`Op`]: the value for a get, `None` otherwise.

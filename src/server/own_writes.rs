@@ -128,9 +128,7 @@ impl OwnWrites {
             outcome: newest.outcome.clone(),
         })
     }
-}
 
-impl OwnWrites {
     /// Drops the settled writes at the front, and sums up the rest. Answers are taken in
     /// request order, so the list holds at most the connection's requests in flight.
     fn prune(&self, unanswered: &mut VecDeque<Unanswered>) {

@@ -290,19 +290,13 @@ impl<D: Disk> KvsRouter<D> {
 }
 
 impl<D: Disk> KvsRouter<D> {
-    /// The partition of `key`, and the worker that owns it.
     /// The key's crc32c, its partition (the crc modulo the partition count, as
     /// [`partition_of`]), and the worker that owns it.
-    fn route_hashed(&self, key: &[u8]) -> (u32, u32, usize) {
+    fn route(&self, key: &[u8]) -> (u32, u32, usize) {
         let hash = crc32c::crc32c(key);
         let partition = hash % self.inner.partitions;
         debug_assert_eq!(partition, partition_of(key, self.inner.partitions));
         (hash, partition, self.inner.owner_of[partition as usize])
-    }
-
-    fn route(&self, key: &[u8]) -> (u32, usize) {
-        let partition = partition_of(key, self.inner.partitions);
-        (partition, self.inner.owner_of[partition as usize])
     }
 
     /// A get of this worker's partition that the cache and the index cannot answer: a read
@@ -379,15 +373,12 @@ impl<D: Disk> KvsRouter<D> {
 
 impl<D: Disk> Store for KvsRouter<D> {
     fn start(&self, op: Op) -> Started {
-        let (hash, partition, owner) = self.route_hashed(op.key());
+        let (hash, partition, owner) = self.route(op.key());
         let mark = match &op {
-            Op::Get(key) => {
-                if let Some(earlier) = self.own.of(hash, key) {
-                    let Op::Get(key) = op else { unreachable!() };
-                    return self.get_after(earlier, partition, owner, key);
-                }
-                None
-            }
+            Op::Get(key) => match self.own.of(hash, key) {
+                Some(earlier) => return self.get_after(earlier, partition, owner, op.into_key()),
+                None => None,
+            },
             Op::Set(key, _) => Some(self.own.record(hash, key, false)),
             Op::Remove(key) => Some(self.own.record(hash, key, true)),
         };
@@ -405,7 +396,7 @@ impl<D: Disk> Store for KvsRouter<D> {
         let mut local = [(0u32, &[][..]); PREFETCH_KEYS_MAX];
         let mut n = 0;
         for &key in keys.iter().take(PREFETCH_KEYS_MAX) {
-            let (partition, owner) = self.route(key);
+            let (_, partition, owner) = self.route(key);
             if owner == self.inner.me {
                 local[n] = (partition, key);
                 n += 1;
@@ -421,7 +412,7 @@ impl<D: Disk> Store for KvsRouter<D> {
     }
 
     fn start_get(&self, key: &[u8]) -> Started {
-        let (hash, partition, owner) = self.route_hashed(key);
+        let (hash, partition, owner) = self.route(key);
         if let Some(earlier) = self.own.of(hash, key) {
             return self.get_after(earlier, partition, owner, Bytes::copy_from_slice(key));
         }
