@@ -823,49 +823,75 @@ fn random_bytes_never_crash_the_server() {
 #[test]
 fn resets_in_the_middle_of_frames_leave_nothing_behind() {
     // Guards against a connection reset mid-frame (SO_LINGER 0, then close) leaking the
-    // session, its buffer, or a started request, or taking the worker down.
+    // session, its buffer, or a started request, applying the cut request, or taking the
+    // worker down. Each hostile connection sends a whole request (started when the reset
+    // comes), then part of a 256 KiB SET of another key, then resets. The large SET is never
+    // whole, so it must never land. The whole request is a GET, then, in a second attack, a
+    // small SET: under `--fsync always` that attacker is also a writer whose syncs the
+    // well-behaved client's SETs share.
     let _g = serial();
+    let request = |request: Request| {
+        let mut frame = Vec::new();
+        encode_request(&request, &mut frame).unwrap();
+        frame
+    };
+    let set = |key: &'static [u8], len: usize| Request::Set {
+        key: Bytes::from_static(key),
+        value: Bytes::from(vec![b'r'; len]),
+    };
+    let cut_short = request(set(b"reset-cut", 256 * 1024));
+    let attacks = [
+        (
+            "resets mid-frame",
+            request(Request::Get {
+                key: Bytes::from_static(b"reset"),
+            }),
+        ),
+        (
+            "resets mid-frame after a whole SET",
+            request(set(b"reset", 100)),
+        ),
+    ];
     for io in backends(8) {
         let dir = tempfile::tempdir().unwrap();
         let mut server = start_server(dir.path(), io, &[]);
-        under_attack(
-            &format!("{io}: resets mid-frame"),
-            &mut server,
-            128,
-            move |addr, ready, stop| {
-                let mut frame = Vec::new();
-                encode_request(
-                    &Request::Set {
-                        key: Bytes::from_static(b"reset"),
-                        value: Bytes::from(vec![b'r'; 256 * 1024]),
-                    },
-                    &mut frame,
-                )
-                .unwrap();
-                let mut acts = 0u64;
-                while !stop.load(Ordering::Acquire) || acts < 500 {
-                    let Ok(mut s) = native_stream(addr) else {
-                        continue;
-                    };
-                    // A whole request, then part of the next, then a reset.
-                    let cut = (acts as usize * 7919) % frame.len();
-                    let _ = s.write_all(&frame);
-                    let _ = s.write_all(&frame[..cut]);
-                    socket2::SockRef::from(&s)
-                        .set_linger(Some(Duration::ZERO))
-                        .unwrap();
-                    drop(s);
-                    acts += 1;
-                    if acts == 50 {
-                        ready.store(true, Ordering::Release);
+        for (name, whole) in &attacks {
+            let (whole, cut_short) = (whole.clone(), cut_short.clone());
+            under_attack(
+                &format!("{io}: {name}"),
+                &mut server,
+                128,
+                move |addr, ready, stop| {
+                    let mut acts = 0u64;
+                    while !stop.load(Ordering::Acquire) || acts < 500 {
+                        let Ok(mut s) = native_stream(addr) else {
+                            continue;
+                        };
+                        // A whole request, then part of the next, then a reset.
+                        let cut = (acts as usize * 7919) % cut_short.len();
+                        let _ = s.write_all(&whole);
+                        let _ = s.write_all(&cut_short[..cut]);
+                        socket2::SockRef::from(&s)
+                            .set_linger(Some(Duration::ZERO))
+                            .unwrap();
+                        drop(s);
+                        acts += 1;
+                        if acts == 50 {
+                            ready.store(true, Ordering::Release);
+                        }
                     }
-                }
-                acts
-            },
-        );
+                    acts
+                },
+            );
+        }
         // The reset sessions are gone: the server can still take its full share.
         let mut c = NativeConn::connect(server.addr);
-        assert_eq!(c.get("reset").map(|v| v.len()), Some(256 * 1024));
+        assert_eq!(c.get("reset").map(|v| v.len()), Some(100));
+        assert_eq!(
+            c.get("reset-cut"),
+            None,
+            "a request cut by a reset was applied"
+        );
     }
 }
 
