@@ -1207,6 +1207,7 @@ impl<D: Disk> Partition<D> {
         let mut moved: Vec<(usize, Loc)> = Vec::with_capacity(live.len());
         let mut out_buf: Vec<u8> = Vec::new();
         let precommit = |e: KvsError| (false, e);
+        let mpath = dir.join(MANIFEST_NAME);
 
         let cleanup = |outputs: &Vec<Output<D::File>>| {
             let paths: Vec<PathBuf> = outputs
@@ -1329,15 +1330,11 @@ impl<D: Disk> Partition<D> {
             // back neither the old value nor the new one: make the log durable before the
             // commit point.
             self.sync_log_before_dropping_records().await?;
-            // The commit point: a durable manifest naming inputs and outputs.
             let manifest = CompactionManifest {
                 inputs: inputs.iter().map(|&id| u64::from(id)).collect(),
                 outputs: outputs.iter().map(|out| u64::from(out.id)).collect(),
             };
-            let mpath = dir.join(MANIFEST_NAME);
             write_file(disk, &segment::tmp_path(&mpath), manifest.encode()).await?;
-            disk.rename(&segment::tmp_path(&mpath), &mpath).await?;
-            disk.sync_dir(&dir).await?;
             Ok(())
         }
         .await;
@@ -1345,6 +1342,18 @@ impl<D: Disk> Partition<D> {
             cleanup(&outputs).await;
             return Err(precommit(e));
         }
+        // The commit point: the manifest under its name, durable. Once the rename is tried,
+        // the manifest may be in place (a rename can take effect and still report an error,
+        // and a failed directory sync says nothing of what reached the disk), and the next
+        // open would finish the compaction: the outputs must stay. So a failure from here on
+        // counts as past the commit point, which refuses writes.
+        let commit: Result<()> = async {
+            disk.rename(&segment::tmp_path(&mpath), &mpath).await?;
+            disk.sync_dir(&dir).await?;
+            Ok(())
+        }
+        .await;
+        commit.map_err(|e| (true, e))?;
 
         // Past the commit point: every step below is redone by the next open if we crash.
         let finish: Result<()> = async {
@@ -1631,6 +1640,44 @@ impl SegmentRecords {
     }
 }
 
+/// Finishes a committed compaction found by [`recover`]: its outputs under their names, its
+/// inputs deleted, its manifest removed, each step durable.
+async fn finish_compaction<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    partition: u32,
+    m: &CompactionManifest,
+) -> Result<()> {
+    tracing::info!(
+        partition,
+        "finishing an interrupted compaction of segments {:?}",
+        m.inputs
+    );
+    for id in &m.outputs {
+        for path in [
+            segment::segment_path(dir, *id),
+            segment::hint_path(dir, *id),
+        ] {
+            if std::fs::metadata(segment::tmp_path(&path)).is_ok() {
+                disk.rename(&segment::tmp_path(&path), &path).await?;
+            }
+        }
+    }
+    disk.sync_dir(dir).await?;
+    for id in &m.inputs {
+        for path in [
+            segment::segment_path(dir, *id),
+            segment::hint_path(dir, *id),
+        ] {
+            remove_if_exists(disk, &path).await?;
+        }
+    }
+    disk.sync_dir(dir).await?;
+    disk.remove(&dir.join(MANIFEST_NAME)).await?;
+    disk.sync_dir(dir).await?;
+    Ok(())
+}
+
 /// Rebuilds a partition's state from its directory: finishes an interrupted compaction,
 /// deletes temporary files, loads hints or scans segments, and cuts a torn tail of the active
 /// segment.
@@ -1649,33 +1696,40 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
     let mpath = dir.join(MANIFEST_NAME);
     if let Ok(bytes) = std::fs::read(&mpath) {
         let m = CompactionManifest::decode(&bytes).map_err(|r| corrupt(&mpath, 0, r))?;
-        tracing::info!(
-            partition = cfg.id,
-            "finishing an interrupted compaction of segments {:?}",
-            m.inputs
-        );
-        for id in &m.outputs {
-            for path in [
-                segment::segment_path(dir, *id),
-                segment::hint_path(dir, *id),
-            ] {
-                if std::fs::metadata(segment::tmp_path(&path)).is_ok() {
-                    disk.rename(&segment::tmp_path(&path), &path).await?;
-                }
+        let exists = |path: &Path| std::fs::metadata(path).is_ok();
+        let missing_outputs: Vec<u64> = (m.outputs.iter().copied())
+            .filter(|&id| {
+                let path = segment::segment_path(dir, id);
+                !exists(&path) && !exists(&segment::tmp_path(&path))
+            })
+            .collect();
+        let missing_inputs: Vec<u64> = (m.inputs.iter().copied())
+            .filter(|&id| !exists(&segment::segment_path(dir, id)))
+            .collect();
+        if !missing_outputs.is_empty() {
+            // Outputs are made before the manifest and deleted only by a compaction that
+            // failed: this one never committed, and its inputs, if all there, hold its data.
+            if !missing_inputs.is_empty() {
+                return Err(corrupt(
+                    &mpath,
+                    0,
+                    format!(
+                        "the compaction it names lacks output segments {missing_outputs:?} \
+                         and input segments {missing_inputs:?}"
+                    ),
+                ));
             }
+            tracing::warn!(
+                partition = cfg.id,
+                "discarding a compaction whose output segments {missing_outputs:?} are \
+                 missing; keeping its inputs {:?}",
+                m.inputs
+            );
+            disk.remove(&mpath).await?;
+            disk.sync_dir(dir).await?;
+        } else {
+            finish_compaction(disk, dir, cfg.id, &m).await?;
         }
-        disk.sync_dir(dir).await?;
-        for id in &m.inputs {
-            for path in [
-                segment::segment_path(dir, *id),
-                segment::hint_path(dir, *id),
-            ] {
-                remove_if_exists(disk, &path).await?;
-            }
-        }
-        disk.sync_dir(dir).await?;
-        disk.remove(&mpath).await?;
-        disk.sync_dir(dir).await?;
     }
 
     let mut seg_ids = Vec::new();

@@ -60,6 +60,7 @@ backend_tests!(
     gap_in_never_synced_writes_is_a_torn_tail,
     sync_marks_tell_lost_durable_writes_from_unsynced_gaps,
     interrupted_compaction_finishes_on_open,
+    a_manifest_whose_outputs_are_gone_keeps_its_inputs,
     overwrites_keep_disk_within_twice_live_data,
     interval_fsync_holds_under_sustained_writes,
     a_write_flood_does_not_queue_other_clients_behind_it,
@@ -800,7 +801,10 @@ async fn interrupted_compaction_finishes_on_open<D: Disk>(disk: D, dir: &Path) {
     };
     assert!(total > 5);
     let mut finished_on_open = 0;
-    for fault in [Fault::Crash, Fault::Tear] {
+    // A crash or a torn write ends every later operation; a single EIO lets the ones after it
+    // succeed (the failed compaction's clean-up among them), as a filesystem that fails one
+    // call does.
+    for fault in [Fault::Crash, Fault::Tear, Fault::Eio] {
         for n in 1..=total {
             wipe_dir(dir);
             copy_dir(pristine.path(), dir);
@@ -811,7 +815,7 @@ async fn interrupted_compaction_finishes_on_open<D: Disk>(disk: D, dir: &Path) {
             let p = Partition::open(faulty_at.clone(), c.clone()).await.unwrap();
             let _ = p.compact().await;
             assert!(
-                faulty_at.crashed() || faulty_at.ops() < faulty.ops() + n,
+                faulty_at.fault_hit().is_some() || faulty_at.ops() < faulty.ops() + n,
                 "fault {fault:?} at {n} was injected"
             );
             drop(p);
@@ -854,6 +858,49 @@ async fn interrupted_compaction_finishes_on_open<D: Disk>(disk: D, dir: &Path) {
     eprintln!(
         "compaction crash sweep: {total} operations, {finished_on_open} crashes finished on open"
     );
+}
+
+// Guards against deleting a compaction's inputs when its outputs are not there to replace
+// them: a manifest left by a compaction that failed after its outputs were deleted.
+async fn a_manifest_whose_outputs_are_gone_keeps_its_inputs<D: Disk>(disk: D, dir: &Path) {
+    let mut c = cfg(dir);
+    c.auto_compact = false;
+    let mut model = BTreeMap::new();
+    {
+        let p = open(&disk, c.clone()).await;
+        overwrite_keys(&p, 600, 30, &mut model).await;
+        p.close().await;
+    }
+    let segments: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    assert!(segments.len() > 2, "the writes rotated: {segments:?}");
+    let manifest = |inputs: Vec<u64>| {
+        let m = super::manifest::CompactionManifest {
+            inputs,
+            outputs: vec![u64::from(u32::MAX) - 1],
+        };
+        std::fs::write(dir.join(super::manifest::MANIFEST_NAME), m.encode()).unwrap();
+    };
+    manifest(segments.clone());
+    let p = open(&disk, c.clone()).await;
+    assert_contents(&p, &model, &[]).await;
+    p.close().await;
+    assert!(!dir.join(super::manifest::MANIFEST_NAME).exists());
+
+    // With an input gone as well, the data is not all there: the open says so.
+    manifest(segments.clone());
+    let first = segment::segment_path(dir, *segments.iter().min().unwrap());
+    std::fs::rename(&first, dir.join("aside")).unwrap();
+    let err = Partition::open(disk.clone(), c.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("lacks output segments"), "{err}");
 }
 
 // Guards against compaction falling behind a pure-overwrite workload.
