@@ -784,6 +784,12 @@ async fn interrupted_compaction_finishes_on_open<D: Disk>(disk: D, dir: &Path) {
     let mut model = BTreeMap::new();
     {
         let p = open(&disk, c.clone()).await;
+        // Keys written once, early: their only records are in the segments compacted.
+        for i in 0..10 {
+            let (k, v) = (format!("cold{i}"), format!("cold value {i}"));
+            p.set(b(&k), b(&v)).await.unwrap();
+            model.insert(k.into_bytes(), v.into_bytes());
+        }
         overwrite_keys(&p, 600, 30, &mut model).await;
         p.remove(b("key3")).await.unwrap();
         model.remove(&b"key3"[..]);
@@ -801,10 +807,10 @@ async fn interrupted_compaction_finishes_on_open<D: Disk>(disk: D, dir: &Path) {
     };
     assert!(total > 5);
     let mut finished_on_open = 0;
-    // A crash or a torn write ends every later operation; a single EIO lets the ones after it
-    // succeed (the failed compaction's clean-up among them), as a filesystem that fails one
-    // call does.
-    for fault in [Fault::Crash, Fault::Tear, Fault::Eio] {
+    // A crash or a torn write ends every later operation; a single EIO, before or after the
+    // operation took effect, lets the ones after it succeed (the failed compaction's clean-up
+    // among them), as a filesystem that fails one call does.
+    for fault in [Fault::Crash, Fault::Tear, Fault::Eio, Fault::EioAfter] {
         for n in 1..=total {
             wipe_dir(dir);
             copy_dir(pristine.path(), dir);
@@ -1246,23 +1252,49 @@ async fn a_failed_disk_operation_while_writing_is_a_refusal_never_a_bare_io_erro
     p.close().await;
     let ops = clean.ops();
     assert!(ops > 20, "only {ops} operations: the writes did not rotate");
-    for n in 1..=ops {
-        let faulty = FaultyDisk::new(disk.clone(), n, Fault::Eio);
-        let Ok(p) = Partition::open(faulty.clone(), c(&format!("run{n}"))).await else {
-            continue;
-        };
-        let mut refused = false;
-        for i in 0..WRITES {
-            match p.set(b(format!("k{i}")), value.clone()).await {
-                Ok(()) => assert!(!refused, "run {n}: a write succeeded after a refusal"),
-                Err(KvsError::Poisoned { .. }) | Err(KvsError::DiskFull) => refused = true,
-                Err(e) => panic!(
-                    "run {n} (fault at {:?}): write {i} answered {e:?}",
-                    faulty.fault_hit()
-                ),
+    // The failed operation has no effect, or takes effect and still reports the error.
+    for fault in [Fault::Eio, Fault::EioAfter] {
+        for n in 1..=ops {
+            let run = format!("run-{fault:?}-{n}");
+            let faulty = FaultyDisk::new(disk.clone(), n, fault);
+            let Ok(p) = Partition::open(faulty.clone(), c(&run)).await else {
+                continue;
+            };
+            let mut refused = false;
+            let mut acked = Vec::new();
+            for i in 0..WRITES {
+                match p.set(b(format!("k{i}")), value.clone()).await {
+                    Ok(()) => {
+                        assert!(!refused, "{run}: a write succeeded after a refusal");
+                        acked.push(i);
+                    }
+                    Err(KvsError::Poisoned { .. }) | Err(KvsError::DiskFull) => refused = true,
+                    Err(e) => panic!(
+                        "{run} (fault at {:?}): write {i} answered {e:?}",
+                        faulty.fault_hit()
+                    ),
+                }
             }
+            p.close().await;
+            // The store opens, with every acknowledged write.
+            let p = Partition::open(disk.clone(), c(&run))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{run} (fault at {:?}): reopen failed: {e}",
+                        faulty.fault_hit()
+                    )
+                });
+            for i in acked {
+                assert_eq!(
+                    p.get(format!("k{i}").as_bytes()).await.unwrap(),
+                    Some(value.clone()),
+                    "{run} (fault at {:?}): acknowledged k{i}",
+                    faulty.fault_hit()
+                );
+            }
+            p.close().await;
         }
-        p.close().await;
     }
 }
 

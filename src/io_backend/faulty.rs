@@ -98,6 +98,9 @@ pub enum Fault {
     /// The operation fails with EIO and has no effect; later operations work (a device error
     /// the kernel reported once, such as a failed fdatasync).
     Eio,
+    /// The operation takes effect, then reports EIO; later operations work (a rename done in
+    /// memory whose journal update failed, say).
+    EioAfter,
 }
 
 struct Plan {
@@ -196,6 +199,7 @@ impl Plan {
                 Err(io::Error::from_raw_os_error(libc::EIO))
             }
             Fault::Eio => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Fault::EioAfter => Ok(Some(Fault::EioAfter)),
             Fault::NoSpace if op == "write" => Ok(Some(Fault::NoSpace)),
             Fault::NoSpace => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
             Fault::Tear => {
@@ -214,6 +218,12 @@ impl Plan {
         match self.step(op)? {
             None if self.skip_syncs => Ok(()),
             None => sync.await,
+            Some(Fault::EioAfter) => {
+                if !self.skip_syncs {
+                    sync.await?;
+                }
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
             Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
     }
@@ -230,6 +240,10 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
         match self.plan.step("write") {
             Err(e) => (Err(e), buf),
             Ok(None) => self.inner.write_all_at(buf, pos).await,
+            Ok(Some(Fault::EioAfter)) => {
+                let (res, buf) = self.inner.write_all_at(buf, pos).await;
+                (res.and(Err(io::Error::from_raw_os_error(libc::EIO))), buf)
+            }
             Ok(Some(fault)) => {
                 let half = buf[..buf.len() / 2].to_vec();
                 let _ = self.inner.write_all_at(half, pos).await;
@@ -249,6 +263,10 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
     async fn set_len(&self, len: u64) -> io::Result<()> {
         match self.plan.step("set_len")? {
             None => self.inner.set_len(len).await,
+            Some(Fault::EioAfter) => {
+                self.inner.set_len(len).await?;
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
             Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
     }
@@ -276,12 +294,20 @@ impl<D: Disk> Disk for FaultyDisk<D> {
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         match self.plan.step("rename")? {
             None => self.inner.rename(from, to).await,
+            Some(Fault::EioAfter) => {
+                self.inner.rename(from, to).await?;
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
             Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
     }
     async fn remove(&self, path: &Path) -> io::Result<()> {
         match self.plan.step("remove")? {
             None => self.inner.remove(path).await,
+            Some(Fault::EioAfter) => {
+                self.inner.remove(path).await?;
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
             Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         }
     }
