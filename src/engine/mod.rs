@@ -28,7 +28,7 @@ pub mod shard;
 mod sled_engine;
 mod store;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use cache::{Prefetch, ReadMirror};
 pub use durability::FsyncPolicy;

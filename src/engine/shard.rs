@@ -19,7 +19,12 @@ use crate::{KvsError, Result};
 /// Which partition a key belongs to: crc32c of the key modulo the partition count. Stable
 /// across versions (it decides where data lives on disk).
 pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
-    crc32c::crc32c(key) % partitions
+    partition_of_hash(crc32c::crc32c(key), partitions)
+}
+
+/// [`partition_of`] for a key whose crc32c is `hash`.
+pub fn partition_of_hash(hash: u32, partitions: u32) -> u32 {
+    hash % partitions
 }
 
 /// One engine operation.

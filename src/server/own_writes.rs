@@ -233,13 +233,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::engine::tests::run_local as block_on;
 
     fn h(s: &str) -> u32 {
         crc32c::crc32c(s.as_bytes())
@@ -330,18 +324,13 @@ mod tests {
             let own = OwnWrites::default();
             let set = own.record(h("k"), &b("k"), false);
             let earlier = own.of(h("k"), b"k").unwrap();
-            let local = tokio::task::LocalSet::new();
-            local
-                .run_until(async move {
-                    let get = tokio::task::spawn_local(get_after(earlier, || async {
-                        panic!("the set was applied; the store is not asked")
-                    }));
-                    tokio::task::yield_now().await;
-                    assert!(!get.is_finished());
-                    set.settle(&acked("v"));
-                    assert_eq!(get.await.unwrap().unwrap(), Some(b("v")));
-                })
-                .await;
+            let get = tokio::task::spawn_local(get_after(earlier, || async {
+                panic!("the set was applied; the store is not asked")
+            }));
+            tokio::task::yield_now().await;
+            assert!(!get.is_finished());
+            set.settle(&acked("v"));
+            assert_eq!(get.await.unwrap().unwrap(), Some(b("v")));
         });
     }
 }

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::own_writes::{self, Earlier, OwnWrites, WriteMark};
-use crate::engine::shard::{partition_of, Batch, Op, OpResult, Reply, Routed, Shard, ShardMsg};
+use crate::engine::shard::{
+    partition_of_hash, Batch, Op, OpResult, Reply, Routed, Shard, ShardMsg,
+};
 use crate::engine::{KvsEngine, Prefetch, SledKvsEngine};
 use crate::engine::{Source, EMBEDDED};
 use crate::io_backend::Disk;
@@ -61,10 +63,7 @@ impl Answer {
                     Err(oneshot::error::TryRecvError::Closed) => Err(KvsError::Closed),
                     Err(oneshot::error::TryRecvError::Empty) => return None,
                 };
-                if let Some(mark) = mark.take() {
-                    mark.settle(&r);
-                }
-                Some(r)
+                Some(taken(mark, r))
             }
             Answer::InBatch(batch, at) => match batch.poll_take(*at, None) {
                 Poll::Ready(r) => Some(r),
@@ -81,14 +80,19 @@ impl Future for Answer {
         match self.get_mut() {
             Answer::Channel(rx, mark) => {
                 let r = std::task::ready!(Pin::new(rx).poll(cx)).unwrap_or(Err(KvsError::Closed));
-                if let Some(mark) = mark.take() {
-                    mark.settle(&r);
-                }
-                Poll::Ready(r)
+                Poll::Ready(taken(mark, r))
             }
             Answer::InBatch(batch, at) => batch.poll_take(*at, Some(cx)),
         }
     }
+}
+
+/// A write's answer `r`, taken: settles its mark, once.
+fn taken(mark: &mut Option<WriteMark>, r: OpResult) -> OpResult {
+    if let Some(mark) = mark.take() {
+        mark.settle(&r);
+    }
+    r
 }
 
 /// The answers to one batch of gets sent to another worker: they arrive together, in one
@@ -290,12 +294,10 @@ impl<D: Disk> KvsRouter<D> {
 }
 
 impl<D: Disk> KvsRouter<D> {
-    /// The key's crc32c, its partition (the crc modulo the partition count, as
-    /// [`partition_of`]), and the worker that owns it.
+    /// The key's crc32c, its partition, and the worker that owns it.
     fn route(&self, key: &[u8]) -> (u32, u32, usize) {
         let hash = crc32c::crc32c(key);
-        let partition = hash % self.inner.partitions;
-        debug_assert_eq!(partition, partition_of(key, self.inner.partitions));
+        let partition = partition_of_hash(hash, self.inner.partitions);
         (hash, partition, self.inner.owner_of[partition as usize])
     }
 
