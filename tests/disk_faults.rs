@@ -150,7 +150,7 @@ fn failed_writeback_on_a_thin_disk_is_a_clear_error_and_loses_nothing_acknowledg
     // refused with DiskFull or ReadOnly; once the backing store has room, every key must
     // hold what its writer's acknowledged writes left.
     //
-    // The loop device is limited to one page per request (see `whole_page_requests`): with
+    // The loop device is limited to one page per request (see `one_page_requests`): with
     // larger requests, the loop driver of recent kernels reports a write that the tmpfs took
     // only part of as done, and the lost part surfaces as acknowledged writes gone.
     if let Some(reason) = cannot_mount_here() {

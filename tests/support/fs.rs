@@ -90,8 +90,15 @@ pub fn remount(m: &Mount, opts: &str) -> Result<(), String> {
 /// An ext4 filesystem in a sparse image file, mounted through a loop device.
 pub struct Ext4 {
     pub image: PathBuf,
+    /// Declared before `device`: unmounted before the device is detached.
     pub mount: Mount,
+    /// The loop device while mounted.
+    device: Option<LoopDevice>,
 }
+
+/// The test images' block size: the page size, so that every I/O to the device is
+/// page-aligned (see [`one_page_requests`]).
+const BLOCK_BYTES: u64 = 4096;
 
 impl Ext4 {
     /// Makes an ext4 image of `size_mib` MiB at `image` and mounts it at `at`.
@@ -100,11 +107,10 @@ impl Ext4 {
         f.set_len(size_mib << 20)
             .map_err(|e| format!("size {image:?}: {e}"))?;
         drop(f);
-        // 4 KiB blocks, as on any real disk: every I/O to the device is page-aligned (see
-        // `whole_page_requests`). A 4 MiB journal, allocated in the image: on a thin backing
-        // store the filesystem's own log then keeps working when its data writes fail.
+        // A 4 MiB journal, allocated in the image: on a thin backing store the filesystem's
+        // own log then keeps working when its data writes fail.
         run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-b", "4096", "-J", "size=4"])
+            .args(["-q", "-F", "-b", &BLOCK_BYTES.to_string(), "-J", "size=4"])
             .arg(image))?;
         allocate_journal(image)?;
         std::fs::create_dir_all(at).map_err(|e| format!("mkdir {at:?}: {e}"))?;
@@ -114,22 +120,29 @@ impl Ext4 {
                 at: at.to_owned(),
                 mounted: false,
             },
+            device: None,
         };
         fs.mount()?;
         Ok(fs)
     }
 
+    /// Mounts the image through a loop device of its own, limited to one page per request.
     pub fn mount(&mut self) -> Result<(), String> {
+        let device = LoopDevice::attach(&self.image)?;
+        one_page_requests(device.name())?;
         run(Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop"])
-            .arg(&self.image)
+            .args(["-t", "ext4", &device.path])
             .arg(&self.mount.at))?;
         self.mount.mounted = true;
-        whole_page_requests(&self.mount.at)
+        self.device = Some(device);
+        Ok(())
     }
 
+    /// Unmounts, and detaches the loop device.
     pub fn unmount(&mut self) -> Result<(), String> {
-        self.mount.unmount()
+        self.mount.unmount()?;
+        self.device = None;
+        Ok(())
     }
 
     /// Checks the unmounted filesystem and repairs what it finds (`e2fsck -fy`); `Err` only
@@ -181,31 +194,11 @@ fn allocate_journal(image: &Path) -> Result<(), String> {
             return Err(format!("cannot read the journal extent {extent:?}"));
         };
         run(Command::new("fallocate")
-            .args(["-o", &(first * 4096).to_string()])
-            .args(["-l", &((last - first + 1) * 4096).to_string()])
+            .args(["-o", &(first * BLOCK_BYTES).to_string()])
+            .args(["-l", &((last - first + 1) * BLOCK_BYTES).to_string()])
             .arg(image))?;
     }
     Ok(())
-}
-
-/// Limits the loop device under the filesystem mounted at `at` to one page per request (see
-/// [`one_page_requests`]).
-fn whole_page_requests(at: &Path) -> Result<(), String> {
-    let out = Command::new("findmnt")
-        .args(["-n", "-o", "SOURCE", "--mountpoint"])
-        .arg(at)
-        .output()
-        .map_err(|e| format!("cannot run findmnt: {e}"))?;
-    let source = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let Some(dev) = source
-        .strip_prefix("/dev/")
-        .filter(|d| d.starts_with("loop"))
-    else {
-        return Err(format!(
-            "{at:?} is not mounted from a loop device: {source:?}"
-        ));
-    };
-    one_page_requests(dev)
 }
 
 /// Limits the loop device `dev` (`"loop0"`) to one page per request.
@@ -310,7 +303,6 @@ pub fn cannot_mount_here() -> Option<String> {
         "e2fsck",
         "debugfs",
         "fallocate",
-        "findmnt",
         "losetup",
         "dd",
     ];
