@@ -301,6 +301,55 @@ fn pipelined_batch_of_1000_answers_in_order() {
 }
 
 #[test]
+fn an_answer_the_socket_cannot_take_at_once_arrives_whole_and_in_order() {
+    // Guards against a response cut or reordered when the socket's send buffer fills in the
+    // middle of it. The first answer of a pipeline is sent at once from the reader's turn; a
+    // 6 MiB value does not fit a fresh connection's send buffer, so its rest, and everything
+    // after it, must go out through the writer in order.
+    for io in io_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerBuilder::new(dir.path())
+            .io(io)
+            .args(["--cores", "1"])
+            .start();
+        let mut c = NativeConn::connect(server.addr);
+        let big = Bytes::from(
+            (0..6 << 20)
+                .map(|i: u32| (i % 251) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        c.send(&[
+            Request::Set {
+                key: b("big"),
+                value: big.clone(),
+            },
+            Request::Set {
+                key: b("small"),
+                value: b("s"),
+            },
+        ]);
+        assert_eq!(c.recv(), Some(Response::Ok), "{io}");
+        assert_eq!(c.recv(), Some(Response::Ok), "{io}");
+        // A new connection, so that the send buffer is at its initial size.
+        let mut c = NativeConn::connect(server.addr);
+        let get = |k: &str| Request::Get { key: b(k) };
+        c.send(&[
+            get("big"),
+            Request::Ping,
+            get("small"),
+            get("big"),
+            get("small"),
+        ]);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(c.recv(), Some(Response::Value(Some(big.clone()))), "{io}");
+        assert_eq!(c.recv(), Some(Response::Pong), "{io}");
+        assert_eq!(c.recv(), Some(Response::Value(Some(b("s")))), "{io}");
+        assert_eq!(c.recv(), Some(Response::Value(Some(big))), "{io}");
+        assert_eq!(c.recv(), Some(Response::Value(Some(b("s")))), "{io}");
+    }
+}
+
+#[test]
 fn a_pipeline_reads_its_own_writes_in_order() {
     // Guards against a get answered from the store before an earlier set of its key, in the
     // same pipeline, is acknowledged: each request must act as if the ones before it were done.

@@ -18,6 +18,8 @@ pub trait NetStream: 'static {
     async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
     /// Writes all of `buf`.
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+    /// Writes what the socket takes at once, without waiting: 0 when its send buffer is full.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
     /// Shuts down one or both directions; a pending read then completes.
     fn shutdown(&self, how: Shutdown);
 }
@@ -55,11 +57,60 @@ impl NetStream for UringStream {
         (res, slice.into_inner())
     }
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        self.0.write_all(buf).await
+        use tokio_uring::buf::BoundedBuf;
+        // Most responses fit the socket's send buffer: a non-blocking send from this thread
+        // puts them on the wire at once, where an io_uring write would wait for the thread to
+        // park (tokio-uring submits only then) and cost a completion and a wake-up more. What
+        // the socket does not take at once goes through io_uring.
+        let sent = match send_now(&self.0, &buf) {
+            Ok(n) => n,
+            Err(e) => return (Err(e), buf),
+        };
+        if sent == buf.len() {
+            return (Ok(()), buf);
+        }
+        let (res, slice) = self.0.write_all(buf.slice(sent..)).await;
+        (res, slice.into_inner())
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        send_now(&self.0, buf)
     }
     fn shutdown(&self, how: Shutdown) {
         let _ = self.0.shutdown(how);
     }
+}
+
+/// Sends what the socket takes without blocking; 0 when its send buffer is full.
+#[expect(
+    unsafe_code,
+    reason = "tokio-uring's stream has no non-blocking send; listed in UNSAFE.md"
+)]
+fn send_now(stream: &impl std::os::fd::AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < buf.len() {
+        let rest = &buf[sent..];
+        // SAFETY: `rest` is valid for `rest.len()` bytes for the duration of the call, and
+        // the descriptor is the stream's own, open while `stream` is borrowed.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            sent += n as usize;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => break,
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+    Ok(sent)
 }
 
 pub struct UringListener {
@@ -120,6 +171,18 @@ impl NetStream for EpollStream {
             }
         }
         (Ok(()), buf)
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut sent = 0;
+        while sent < buf.len() {
+            match self.0.try_write(&buf[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
     }
     fn shutdown(&self, how: Shutdown) {
         let _ = socket2::SockRef::from(&self.0).shutdown(how);

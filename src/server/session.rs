@@ -1,6 +1,8 @@
 //! One client connection: a reader task that decodes requests and starts them, a writer task
 //! that sends responses in request order, and a timer that enforces the idle and slow-frame
-//! timeouts by shutting the socket down (never by dropping an in-flight read).
+//! timeouts by shutting the socket down (never by dropping an in-flight read). When the writer
+//! is idle and a pass of the reader leaves only answers already known (cache hits, pings), the
+//! reader sends them itself with a non-blocking write, and the writer is not woken.
 //!
 //! The first byte decides the dialect: the native magic's first byte, or RESP. On a server
 //! with a password, each dialect passes its requests through the connection's [`Gate`].
@@ -182,10 +184,84 @@ impl<N: NetStream> Conn<N> {
     }
 
     fn push(&self, slot: Slot, bytes: usize) {
-        self.inflight_bytes.set(self.inflight_bytes.get() + bytes);
-        self.queue.borrow_mut().push_back((slot, bytes));
+        self.push_quiet(slot, bytes);
         if self.writer_waits.get() {
             self.queued.notify_one();
+        }
+    }
+
+    /// Queues an answer without waking the writer: the reader wakes it, if it must, when it
+    /// hands its pass over ([`Conn::hand_over`]).
+    fn push_quiet(&self, slot: Slot, bytes: usize) {
+        self.inflight_bytes.set(self.inflight_bytes.get() + bytes);
+        self.queue.borrow_mut().push_back((slot, bytes));
+    }
+
+    /// Ends a pass of the reader. When the writer is idle and every queued answer is already
+    /// known, they are encoded into `out` and sent at once from the reader's turn, with a
+    /// non-blocking write: a response leaves without a wake-up of the writer, and before the
+    /// next read is set up. Otherwise the writer is woken for the queue; it also takes the
+    /// bytes the socket did not take at once. (Sending the known head of a queue here and its
+    /// awaited rest from the writer made one write into two, and cost the two-worker workload
+    /// 8% of its rate: BENCHMARKS.md.)
+    ///
+    /// Responses stay in request order: the queue is taken from its head, and only while the
+    /// writer waits, which it does holding nothing.
+    fn hand_over(&self, out: &mut Vec<u8>) {
+        if self.writer_waits.get() && !self.closed.get() && self.all_known() {
+            self.send_now(out);
+        }
+        if self.writer_waits.get() && !self.queue.borrow().is_empty() {
+            self.queued.notify_one();
+        }
+    }
+
+    fn all_known(&self) -> bool {
+        let queue = self.queue.borrow();
+        !queue.is_empty()
+            && queue
+                .iter()
+                .all(|(slot, _)| matches!(slot, Slot::Ready(_) | Slot::Done { .. }))
+    }
+
+    /// Encodes the known answers at the head of the queue into `out` (up to the gathering
+    /// limit) and writes them without waiting; what the socket does not take goes back to the
+    /// head of the queue.
+    fn send_now(&self, out: &mut Vec<u8>) {
+        let mut answered = 0;
+        {
+            let mut queue = self.queue.borrow_mut();
+            while out.len() < WRITE_GATHER_BYTES.min(RESPONSE_BYTES_QUEUED_MAX) {
+                let Some((slot, charged)) = queue.pop_front() else {
+                    break;
+                };
+                match slot {
+                    Slot::Ready(bytes) => out.extend_from_slice(&bytes),
+                    Slot::Done { result, encode } => encode(result, out),
+                    other => {
+                        queue.push_front((other, charged));
+                        break;
+                    }
+                }
+                answered += charged;
+            }
+        }
+        self.inflight_bytes
+            .set(self.inflight_bytes.get() - answered);
+        if out.is_empty() {
+            return;
+        }
+        match self.stream.try_write(out) {
+            Ok(n) if n < out.len() => {
+                let rest = out[n..].to_vec();
+                self.queue.borrow_mut().push_front((Slot::Ready(rest), 0));
+            }
+            Ok(_) => {}
+            Err(_) => self.close(),
+        }
+        out.clear();
+        if out.capacity() > 4 * WRITE_GATHER_BYTES {
+            *out = Vec::new();
         }
     }
 
@@ -239,6 +315,8 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
     let mut buf = first;
     buf.reserve(READ_BUFFER_BYTES_MIN.saturating_sub(buf.len()));
     let mut turn_bytes = 0;
+    // Answers sent from the reader's turn ([`Conn::hand_over`]).
+    let mut out = Vec::new();
     loop {
         // Start every complete request in the buffer.
         let mut used = 0;
@@ -253,9 +331,12 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
                     conn.last_request.set(Instant::now());
                 }
                 store.flush();
-                conn.reader_waits.set(true);
-                conn.drained.notified().await;
-                conn.reader_waits.set(false);
+                conn.hand_over(&mut out);
+                if conn.full() {
+                    conn.reader_waits.set(true);
+                    conn.drained.notified().await;
+                    conn.reader_waits.set(false);
+                }
                 continue;
             }
             match dialect.next(&buf[used..], store) {
@@ -265,7 +346,7 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
                     started = true;
                     let close = matches!(slot, Slot::Close);
                     let charge = n + slot.charge();
-                    conn.push(slot, charge);
+                    conn.push_quiet(slot, charge);
                     if close {
                         fatal = true;
                         break;
@@ -274,16 +355,16 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
                 Step::Final { slot, used: n } => {
                     used += n;
                     started = true;
-                    conn.push(slot, n);
-                    conn.push(Slot::Close, 0);
+                    conn.push_quiet(slot, n);
+                    conn.push_quiet(Slot::Close, 0);
                     fatal = true;
                     break;
                 }
                 Step::Fatal { reply } => {
                     if !reply.is_empty() {
-                        conn.push(Slot::Ready(reply), 0);
+                        conn.push_quiet(Slot::Ready(reply), 0);
                     }
-                    conn.push(Slot::Close, 0);
+                    conn.push_quiet(Slot::Close, 0);
                     fatal = true;
                     break;
                 }
@@ -293,6 +374,7 @@ async fn read_requests<N: NetStream, S: Store, T: Dialect<S>>(
             conn.last_request.set(Instant::now());
         }
         store.flush();
+        conn.hand_over(&mut out);
         if fatal || conn.closed.get() || conn.stop_reading.get() {
             break;
         }
