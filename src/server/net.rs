@@ -99,8 +99,11 @@ fn send_now(stream: &impl std::os::fd::AsRawFd, buf: &[u8]) -> io::Result<usize>
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
-        if n >= 0 {
-            sent += n as usize;
+        if let Ok(n) = usize::try_from(n) {
+            if n == 0 {
+                break;
+            }
+            sent += n;
             continue;
         }
         let e = io::Error::last_os_error();
@@ -176,6 +179,7 @@ impl NetStream for EpollStream {
         let mut sent = 0;
         while sent < buf.len() {
             match self.0.try_write(&buf[sent..]) {
+                Ok(0) => break,
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
