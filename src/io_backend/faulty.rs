@@ -209,23 +209,37 @@ impl Plan {
         }
     }
 
-    /// Runs a sync unless syncs are skipped.
+    /// Runs an operation that takes effect whole or not at all (no half of it to tear): a
+    /// fault other than `EioAfter` fails it without running it.
+    async fn apply(
+        &self,
+        op: &'static str,
+        run: impl Future<Output = io::Result<()>>,
+    ) -> io::Result<()> {
+        match self.step(op)? {
+            None => run.await,
+            Some(Fault::EioAfter) => {
+                run.await?;
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+
+    /// [`Plan::apply`] for a sync, which does nothing when syncs are skipped.
     async fn sync(
         &self,
         op: &'static str,
         sync: impl Future<Output = io::Result<()>>,
     ) -> io::Result<()> {
-        match self.step(op)? {
-            None if self.skip_syncs => Ok(()),
-            None => sync.await,
-            Some(Fault::EioAfter) => {
-                if !self.skip_syncs {
-                    sync.await?;
-                }
-                Err(io::Error::from_raw_os_error(libc::EIO))
+        let skip = self.skip_syncs;
+        self.apply(op, async move {
+            if skip {
+                return Ok(());
             }
-            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
-        }
+            sync.await
+        })
+        .await
     }
 }
 
@@ -261,14 +275,7 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
         self.plan.sync("sync_data", self.inner.sync_data()).await
     }
     async fn set_len(&self, len: u64) -> io::Result<()> {
-        match self.plan.step("set_len")? {
-            None => self.inner.set_len(len).await,
-            Some(Fault::EioAfter) => {
-                self.inner.set_len(len).await?;
-                Err(io::Error::from_raw_os_error(libc::EIO))
-            }
-            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
-        }
+        self.plan.apply("set_len", self.inner.set_len(len)).await
     }
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
@@ -292,24 +299,10 @@ impl<D: Disk> Disk for FaultyDisk<D> {
         })
     }
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        match self.plan.step("rename")? {
-            None => self.inner.rename(from, to).await,
-            Some(Fault::EioAfter) => {
-                self.inner.rename(from, to).await?;
-                Err(io::Error::from_raw_os_error(libc::EIO))
-            }
-            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
-        }
+        self.plan.apply("rename", self.inner.rename(from, to)).await
     }
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        match self.plan.step("remove")? {
-            None => self.inner.remove(path).await,
-            Some(Fault::EioAfter) => {
-                self.inner.remove(path).await?;
-                Err(io::Error::from_raw_os_error(libc::EIO))
-            }
-            Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
-        }
+        self.plan.apply("remove", self.inner.remove(path)).await
     }
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.plan.sync("sync_dir", self.inner.sync_dir(dir)).await
