@@ -45,6 +45,10 @@ pub const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// write: a write that arrives behind another client's flood waits for one short write.
 pub const WRITE_BATCH_BYTES_UNSYNCED: usize = 256 * 1024;
 
+/// Largest write batch the writer loop writes from its own thread, when it extends the file
+/// (a segment that was not zero-filled ahead), rather than through the I/O backend.
+pub const WRITE_NOW_BYTES_MAX: usize = 64 * 1024;
+
 /// Submission-queue entries per io_uring (one ring per worker thread). The probe builds a
 /// ring of this size too, so a RLIMIT_MEMLOCK too small for it is caught at start-up.
 pub const URING_ENTRIES: u32 = 256;

@@ -37,6 +37,7 @@ use super::segment::{self, FileKind, Origin, SegmentHeader, SEGMENT_HEADER_BYTES
 use crate::io_backend::{Disk, DiskFile};
 use crate::limits::{
     KEY_BYTES_MAX, VALUE_BYTES_MAX, WRITE_BATCH_BYTES_MAX, WRITE_BATCH_BYTES_UNSYNCED,
+    WRITE_NOW_BYTES_MAX,
 };
 use crate::{KvsError, Result};
 
@@ -747,14 +748,23 @@ impl<D: Disk> Partition<D> {
             return;
         }
 
-        let (file, tail, active) = {
+        let (file, tail, active, extends) = {
             let st = self.inner.state.borrow();
-            (st.segments[&st.active].file.clone(), st.tail, st.active)
+            let file = st.segments[&st.active].file.clone();
+            (file, st.tail, st.active, !st.active_preallocated)
         };
         let batch_len = buf.len() as u64;
         let always = self.inner.cfg.fsync == FsyncPolicy::Always;
-        let result = match write_all(&*file, buf, tail).await {
-            Ok(_) if always => file.sync_data().await.map_err(|e| ("fsync", e)),
+        // A small batch that extends the file is written from this thread: it only copies into
+        // the page cache (no page it touches needs reading from the disk first, as an evicted
+        // page of a zero-filled segment would), and io_uring would hand it to a worker thread.
+        let written = if extends && buf.len() <= WRITE_NOW_BYTES_MAX {
+            file.write_all_at_now(&buf, tail)
+        } else {
+            write_all(&*file, buf, tail).await.map(drop)
+        };
+        let result = match written {
+            Ok(()) if always => file.sync_data().await.map_err(|e| ("fsync", e)),
             Ok(_) => Ok(()),
             Err(e) => Err(("write", e)),
         };

@@ -191,6 +191,10 @@ impl DiskFile for BlockingFile {
         }
     }
 
+    fn write_all_at_now(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, pos)
+    }
+
     async fn sync_data(&self) -> io::Result<()> {
         let file = self.file.clone();
         self.disk.run(move || file.sync_data()).await?

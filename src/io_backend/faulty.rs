@@ -46,6 +46,9 @@ impl DiskFile for StdFile {
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
         (self.0.write_all_at(&buf, pos), buf)
     }
+    fn write_all_at_now(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, pos)
+    }
     async fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
@@ -180,6 +183,12 @@ impl<D> FaultyDisk<D> {
     }
 }
 
+/// A faulted write's result: its own error first, then the one its fault sets.
+fn finish_write(res: io::Result<()>, after: Option<io::Error>) -> io::Result<()> {
+    res?;
+    after.map_or(Ok(()), Err)
+}
+
 impl Plan {
     /// Counts one mutating operation named `op`; says which fault (if any) applies to it.
     /// `Ok(Some(fault))` asks the caller to act the fault out; `Err` is the failure to return.
@@ -207,6 +216,23 @@ impl Plan {
                 Ok(Some(Fault::Tear))
             }
         }
+    }
+
+    /// Counts one write of `len` bytes: how many of them to write (a tear or a full disk writes
+    /// half), and the error to report once they are written, if the fault sets one.
+    fn write_step(&self, len: usize) -> io::Result<(usize, Option<io::Error>)> {
+        Ok(match self.step("write")? {
+            None => (len, None),
+            Some(Fault::EioAfter) => (len, Some(io::Error::from_raw_os_error(libc::EIO))),
+            Some(fault) => {
+                let errno = if fault == Fault::NoSpace {
+                    libc::ENOSPC
+                } else {
+                    libc::EIO
+                };
+                (len / 2, Some(io::Error::from_raw_os_error(errno)))
+            }
+        })
     }
 
     /// Runs an operation that takes effect whole or not at all (no half of it to tear): a
@@ -251,24 +277,21 @@ impl<F: DiskFile> DiskFile for FaultyFile<F> {
         self.inner.read_at(buf, pos).await
     }
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
-        match self.plan.step("write") {
-            Err(e) => (Err(e), buf),
-            Ok(None) => self.inner.write_all_at(buf, pos).await,
-            Ok(Some(Fault::EioAfter)) => {
-                let (res, buf) = self.inner.write_all_at(buf, pos).await;
-                (res.and(Err(io::Error::from_raw_os_error(libc::EIO))), buf)
-            }
-            Ok(Some(fault)) => {
-                let half = buf[..buf.len() / 2].to_vec();
-                let _ = self.inner.write_all_at(half, pos).await;
-                let errno = if fault == Fault::NoSpace {
-                    libc::ENOSPC
-                } else {
-                    libc::EIO
-                };
-                (Err(io::Error::from_raw_os_error(errno)), buf)
-            }
+        let (n, after) = match self.plan.write_step(buf.len()) {
+            Ok(step) => step,
+            Err(e) => return (Err(e), buf),
+        };
+        if n == buf.len() {
+            let (res, buf) = self.inner.write_all_at(buf, pos).await;
+            (finish_write(res, after), buf)
+        } else {
+            let (res, _) = self.inner.write_all_at(buf[..n].to_vec(), pos).await;
+            (finish_write(res, after), buf)
         }
+    }
+    fn write_all_at_now(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let (n, after) = self.plan.write_step(buf.len())?;
+        finish_write(self.inner.write_all_at_now(&buf[..n], pos), after)
     }
     async fn sync_data(&self) -> io::Result<()> {
         self.plan.data_syncs.set(self.plan.data_syncs.get() + 1);

@@ -225,6 +225,11 @@ impl DiskFile for UringFile {
         self.ring.write_all_at(buf, pos).await
     }
 
+    fn write_all_at_now(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        // std loops on short writes, retries EINTR and reports a zero write as WriteZero.
+        std::os::unix::fs::FileExt::write_all_at(&self.std, buf, pos)
+    }
+
     async fn sync_data(&self) -> io::Result<()> {
         self.ring.sync_data().await
     }
