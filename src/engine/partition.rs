@@ -765,7 +765,7 @@ impl<D: Disk> Partition<D> {
         };
         let result = match written {
             Ok(()) if always => file.sync_data().await.map_err(|e| ("fsync", e)),
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(e) => Err(("write", e)),
         };
         if let Err((op, e)) = result {
