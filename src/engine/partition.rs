@@ -1668,7 +1668,7 @@ async fn finish_compaction<D: Disk>(
             segment::segment_path(dir, *id),
             segment::hint_path(dir, *id),
         ] {
-            if std::fs::metadata(segment::tmp_path(&path)).is_ok() {
+            if segment::tmp_path(&path).exists() {
                 disk.rename(&segment::tmp_path(&path), &path).await?;
             }
         }
@@ -1706,15 +1706,14 @@ async fn recover<D: Disk>(disk: &D, cfg: &PartitionConfig) -> Result<State<D::Fi
     let mpath = dir.join(MANIFEST_NAME);
     if let Ok(bytes) = std::fs::read(&mpath) {
         let m = CompactionManifest::decode(&bytes).map_err(|r| corrupt(&mpath, 0, r))?;
-        let exists = |path: &Path| std::fs::metadata(path).is_ok();
         let missing_outputs: Vec<u64> = (m.outputs.iter().copied())
             .filter(|&id| {
                 let path = segment::segment_path(dir, id);
-                !exists(&path) && !exists(&segment::tmp_path(&path))
+                !path.exists() && !segment::tmp_path(&path).exists()
             })
             .collect();
         let missing_inputs: Vec<u64> = (m.inputs.iter().copied())
-            .filter(|&id| !exists(&segment::segment_path(dir, id)))
+            .filter(|&id| !segment::segment_path(dir, id).exists())
             .collect();
         if !missing_outputs.is_empty() {
             // Outputs are made before the manifest and deleted only by a compaction that

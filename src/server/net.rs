@@ -81,36 +81,43 @@ impl NetStream for UringStream {
 }
 
 /// Sends what the socket takes without blocking; 0 when its send buffer is full.
+fn send_now(stream: &impl std::os::fd::AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    write_while_taken(buf, |rest| send_once(stream, rest))
+}
+
+/// One non-blocking `send`.
 #[expect(
     unsafe_code,
     reason = "tokio-uring's stream has no non-blocking send; listed in UNSAFE.md"
 )]
-fn send_now(stream: &impl std::os::fd::AsRawFd, buf: &[u8]) -> io::Result<usize> {
+fn send_once(stream: &impl std::os::fd::AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes for the duration of the call, and the
+    // descriptor is the stream's own, open while `stream` is borrowed.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Calls `write` (one non-blocking write of what it is given) for the rest of `buf` until all
+/// of it is sent or the socket takes no more; returns how much was sent.
+fn write_while_taken(
+    buf: &[u8],
+    mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+) -> io::Result<usize> {
     let mut sent = 0;
     while sent < buf.len() {
-        let rest = &buf[sent..];
-        // SAFETY: `rest` is valid for `rest.len()` bytes for the duration of the call, and
-        // the descriptor is the stream's own, open while `stream` is borrowed.
-        let n = unsafe {
-            libc::send(
-                stream.as_raw_fd(),
-                rest.as_ptr().cast(),
-                rest.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if let Ok(n) = usize::try_from(n) {
-            if n == 0 {
-                break;
-            }
-            sent += n;
-            continue;
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => break,
-            io::ErrorKind::Interrupted => continue,
-            _ => return Err(e),
+        match write(&buf[sent..]) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
     Ok(sent)
@@ -176,17 +183,7 @@ impl NetStream for EpollStream {
         (Ok(()), buf)
     }
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        let mut sent = 0;
-        while sent < buf.len() {
-            match self.0.try_write(&buf[sent..]) {
-                Ok(0) => break,
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(sent)
+        write_while_taken(buf, |rest| self.0.try_write(rest))
     }
     fn shutdown(&self, how: Shutdown) {
         let _ = socket2::SockRef::from(&self.0).shutdown(how);
