@@ -69,6 +69,15 @@ impl std::fmt::Debug for ReadMirror {
     }
 }
 
+/// A cached value handed out by [`ValueCache::get_packed`].
+#[derive(Debug, PartialEq)]
+pub enum Packed {
+    /// A share of a large value.
+    Shared(Bytes),
+    /// A small value, copied to this range of the caller's buffer.
+    At(std::ops::Range<usize>),
+}
+
 enum Data {
     /// The key, then the value.
     Joined(Box<[u8]>),
@@ -273,6 +282,21 @@ impl ValueCache {
         let e = self.find(key)?;
         e.referenced.set(true);
         Some(e.value())
+    }
+
+    /// The value of `key`, as [`ValueCache::get`] gives it, with a small one copied to the
+    /// end of `out` instead of into an allocation of its own.
+    pub fn get_packed(&self, key: &[u8], out: &mut Vec<u8>) -> Option<Packed> {
+        let e = self.find(key)?;
+        e.referenced.set(true);
+        Some(match &e.data {
+            Data::Joined(b) => {
+                let start = out.len();
+                out.extend_from_slice(&b[e.key_len as usize..]);
+                Packed::At(start..out.len())
+            }
+            Data::Split(s) => Packed::Shared(s.value.clone()),
+        })
     }
 
     /// Caches `value` as the value of `key` (replacing any entry), evicting as needed.
@@ -500,6 +524,17 @@ mod tests {
                         // The mirror holds exactly what the cache holds.
                         prop_assert_eq!(m.get(&[key]), got.clone());
                     }
+                    // A packed read finds the same value, after what the buffer held.
+                    let mut out = vec![0xAA];
+                    let packed = match c.get_packed(&[key], &mut out) {
+                        Some(Packed::At(range)) => {
+                            prop_assert_eq!(range.start, 1);
+                            Some(out[range].to_vec())
+                        }
+                        Some(Packed::Shared(v)) => Some(v.to_vec()),
+                        None => None,
+                    };
+                    prop_assert_eq!(&packed, &got.as_ref().map(|g| g.to_vec()));
                     if let Some(got) = got {
                         prop_assert_eq!(Some(&got.to_vec()), model.get(&key));
                     }

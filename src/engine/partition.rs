@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::active_hint::{self, ActiveHint};
-use super::cache::{Prefetch, ReadMirror, ValueCache};
+use super::cache::{Packed, Prefetch, ReadMirror, ValueCache};
 use super::durability::FsyncPolicy;
 use super::fair_queue::{FairQueue, Source, EMBEDDED};
 use super::hint::{self, HintBuilder, HintEntry};
@@ -314,6 +314,19 @@ impl<D: Disk> Partition<D> {
         // A cached key is live (the cache follows every acknowledged write), so a hit needs
         // no index lookup.
         if let Some(v) = st.cache.get(key) {
+            return Some(Some(v));
+        }
+        if !st.index.contains(key) {
+            return Some(None);
+        }
+        None
+    }
+
+    /// [`Partition::get_cached`], with a small cached value copied to the end of `out` (see
+    /// [`ValueCache::get_packed`]).
+    pub fn get_cached_packed(&self, key: &[u8], out: &mut Vec<u8>) -> Option<Option<Packed>> {
+        let st = self.inner.state.borrow();
+        if let Some(v) = st.cache.get_packed(key, out) {
             return Some(Some(v));
         }
         if !st.index.contains(key) {

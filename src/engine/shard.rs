@@ -4,13 +4,14 @@
 //! Other threads reach it by sending a [`ShardMsg`] to the shard's inbox.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 
-use super::cache::Prefetch;
+use super::cache::{Packed, Prefetch};
 use super::fair_queue::Source;
 use super::partition::{Partition, PartitionConfig, PartitionStats};
 use crate::io_backend::Disk;
@@ -26,6 +27,10 @@ pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
 pub fn partition_of_hash(hash: u32, partitions: u32) -> u32 {
     hash % partitions
 }
+
+/// What [`Shard::serve_gets`] sets aside for each value it packs, before it knows their
+/// lengths: a 100-byte value's.
+const PACKED_VALUE_GUESS_BYTES: usize = 128;
 
 /// One engine operation.
 #[derive(Debug)]
@@ -52,31 +57,42 @@ impl Op {
 /// The result of an [`Op`]: the value for a get, `None` otherwise.
 pub type OpResult = Result<Option<Bytes>>;
 
-/// An operation sent to the shard that owns its partition.
+/// An operation sent to the shard that owns its partition, answered on its own channel.
 pub struct Routed {
     pub partition: u32,
     /// Who asked: writes of one source keep their order, sources take turns at the writer.
     pub source: Source,
     pub op: Op,
     /// Where the result goes.
-    pub reply: Reply,
+    pub reply: oneshot::Sender<OpResult>,
 }
 
-/// Where an operation's result goes.
-pub enum Reply {
-    /// Its own channel.
-    Own(oneshot::Sender<OpResult>),
-    /// The next place in its batch's answers (a get only: a write's answer waits for the
-    /// writer, and goes on its own channel).
-    InBatch,
+/// Gets sent to a shard together and answered together, in one message each way. Their keys
+/// travel end to end in one buffer, and the small values of the answers share one buffer
+/// back: a batch costs a few allocations, not one per key and one per value, each freed by
+/// the other thread.
+pub struct BatchGets {
+    /// The keys, end to end.
+    pub keys: Vec<u8>,
+    /// Each get's partition and where its key ends in `keys` (it starts where the one before
+    /// ends).
+    pub gets: Vec<(u32, u32)>,
+    /// Where the answers go, in the gets' order, once every one is known.
+    pub answers: oneshot::Sender<Vec<OpResult>>,
+}
+
+impl BatchGets {
+    /// The key of get `i`.
+    fn key(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.gets[i - 1].1 };
+        &self.keys[start as usize..self.gets[i].1 as usize]
+    }
 }
 
 /// Operations sent to a shard in one message.
 pub struct Batch {
     pub ops: Vec<Routed>,
-    /// Where the answers of the batch's [`Reply::InBatch`] gets go, in their order, in one
-    /// message once every one is known.
-    pub answers: Option<oneshot::Sender<Vec<OpResult>>>,
+    pub gets: Option<BatchGets>,
 }
 
 impl Batch {
@@ -87,11 +103,11 @@ impl Batch {
             partition,
             source,
             op,
-            reply: Reply::Own(tx),
+            reply: tx,
         };
         let batch = Batch {
             ops: vec![routed],
-            answers: None,
+            gets: None,
         };
         (batch, rx)
     }
@@ -195,24 +211,8 @@ impl<D: Disk> Shard<D> {
 
     /// Serves another worker's batch. A get the partition can answer without I/O is answered
     /// at once, a write is queued at once, and a read from disk runs as its own local task so a
-    /// slow read does not hold up the others. The batch's answers go back in one message once
-    /// its reads from disk (if any) are done.
-    fn serve_batch(&self, ops: Vec<Routed>, answers: Option<oneshot::Sender<Vec<OpResult>>>) {
-        // Its cached gets overlap their cache misses, as a pipeline's do on the worker that
-        // read it.
-        if ops.len() > 1 {
-            for stage in [Prefetch::Bucket, Prefetch::Block] {
-                for r in &ops {
-                    if let Op::Get(key) = &r.op {
-                        self.prefetch_cached(r.partition, key, stage);
-                    }
-                }
-            }
-        }
-        let mut answered: Vec<OpResult> =
-            Vec::with_capacity(if answers.is_some() { ops.len() } else { 0 });
-        // The batch's gets that must read the disk: their place in `answered`.
-        let mut reads: Vec<(usize, Partition<D>, Bytes)> = Vec::new();
+    /// slow read does not hold up the others.
+    fn serve_batch(&self, Batch { ops, gets }: Batch) {
         for Routed {
             partition,
             source,
@@ -223,36 +223,81 @@ impl<D: Disk> Shard<D> {
             let p = match self.partition(partition) {
                 Ok(p) => p,
                 Err(e) => {
-                    deliver(reply, Err(e), &mut answered);
+                    let _ = reply.send(Err(e));
                     continue;
                 }
             };
-            match (op, reply) {
-                (Op::Get(key), reply) => match p.get_cached(&key) {
-                    Some(found) => deliver(reply, Ok(found), &mut answered),
-                    None => match reply {
-                        Reply::Own(tx) => {
-                            let p = p.clone();
-                            tokio::task::spawn_local(async move {
-                                let _ = tx.send(p.get(&key).await);
-                            });
-                        }
-                        Reply::InBatch => {
-                            reads.push((answered.len(), p.clone(), key));
-                            answered.push(Ok(None));
-                        }
-                    },
+            match op {
+                Op::Get(key) => match p.get_cached(&key) {
+                    Some(found) => {
+                        let _ = reply.send(Ok(found));
+                    }
+                    None => {
+                        let p = p.clone();
+                        tokio::task::spawn_local(async move {
+                            let _ = reply.send(p.get(&key).await);
+                        });
+                    }
                 },
                 // Queued here, in arrival order: no task between a write and its place in the
                 // writer's queue.
-                (Op::Set(key, value), Reply::Own(tx)) => p.enqueue(source, key, Some(value), tx),
-                (Op::Remove(key), Reply::Own(tx)) => p.enqueue(source, key, None, tx),
-                (Op::Set(..) | Op::Remove(_), Reply::InBatch) => answered.push(Err(
-                    KvsError::Config("a write cannot be answered in its batch".into()),
-                )),
+                Op::Set(key, value) => p.enqueue(source, key, Some(value), reply),
+                Op::Remove(key) => p.enqueue(source, key, None, reply),
             }
         }
-        let Some(tx) = answers else { return };
+        if let Some(gets) = gets {
+            self.serve_gets(gets);
+        }
+    }
+
+    /// Answers a batch of gets in one message, once its reads from disk (if any) are done.
+    /// The small cached values are copied end to end into one buffer, which the answers share.
+    fn serve_gets(&self, batch: BatchGets) {
+        let n = batch.gets.len();
+        // Its cached gets overlap their cache misses, as a pipeline's do on the worker that
+        // read it.
+        if n > 1 {
+            for stage in [Prefetch::Bucket, Prefetch::Block] {
+                for (i, &(partition, _)) in batch.gets.iter().enumerate() {
+                    self.prefetch_cached(partition, batch.key(i), stage);
+                }
+            }
+        }
+        let mut answered: Vec<OpResult> = Vec::with_capacity(n);
+        let mut values = Vec::with_capacity(n * PACKED_VALUE_GUESS_BYTES);
+        // The answers whose value is in `values`, and where.
+        let mut packed: Vec<(usize, Range<usize>)> = Vec::new();
+        // The gets that must read the disk: their place in `answered`.
+        let mut reads: Vec<(usize, Partition<D>, Bytes)> = Vec::new();
+        for (i, &(partition, _)) in batch.gets.iter().enumerate() {
+            let key = batch.key(i);
+            let p = match self.partition(partition) {
+                Ok(p) => p,
+                Err(e) => {
+                    answered.push(Err(e));
+                    continue;
+                }
+            };
+            match p.get_cached_packed(key, &mut values) {
+                Some(Some(Packed::Shared(v))) => answered.push(Ok(Some(v))),
+                Some(Some(Packed::At(range))) => {
+                    packed.push((answered.len(), range));
+                    answered.push(Ok(None));
+                }
+                Some(None) => answered.push(Ok(None)),
+                None => {
+                    reads.push((answered.len(), p.clone(), Bytes::copy_from_slice(key)));
+                    answered.push(Ok(None));
+                }
+            }
+        }
+        if !packed.is_empty() {
+            let values = Bytes::from(values);
+            for (at, range) in packed {
+                answered[at] = Ok(Some(values.slice(range)));
+            }
+        }
+        let tx = batch.answers;
         if reads.is_empty() {
             let _ = tx.send(answered);
             return;
@@ -270,7 +315,7 @@ impl<D: Disk> Shard<D> {
     pub async fn serve(&self, mut inbox: mpsc::UnboundedReceiver<ShardMsg>) {
         while let Some(msg) = inbox.recv().await {
             match msg {
-                ShardMsg::Ops(Batch { ops, answers }) => self.serve_batch(ops, answers),
+                ShardMsg::Ops(batch) => self.serve_batch(batch),
                 ShardMsg::Stats(reply) => {
                     let _ = reply.send(self.stats());
                 }
@@ -285,15 +330,5 @@ impl<D: Disk> Shard<D> {
             }
         }
         self.close().await;
-    }
-}
-
-/// Sends a result where `reply` says: its own channel, or the next place in the batch's answers.
-fn deliver(reply: Reply, result: OpResult, answered: &mut Vec<OpResult>) {
-    match reply {
-        Reply::Own(tx) => {
-            let _ = tx.send(result);
-        }
-        Reply::InBatch => answered.push(result),
     }
 }

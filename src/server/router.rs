@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::own_writes::{self, Earlier, OwnWrites, WriteMark};
 use crate::engine::shard::{
-    partition_of_hash, Batch, Op, OpResult, Reply, Routed, Shard, ShardMsg,
+    partition_of_hash, Batch, BatchGets, Op, OpResult, Routed, Shard, ShardMsg,
 };
 use crate::engine::{KvsEngine, Prefetch, SledKvsEngine};
 use crate::engine::{Source, EMBEDDED};
@@ -184,10 +184,14 @@ impl BatchAnswers {
 /// The operations held for one other worker until [`Store::flush`].
 #[derive(Default)]
 struct Held {
+    /// Writes.
     ops: Vec<Routed>,
-    /// The answers of the held gets, and how many there are.
+    /// Gets, answered together: their keys end to end, and each one's partition and key end
+    /// (see [`BatchGets`]).
+    keys: Vec<u8>,
+    gets: Vec<(u32, u32)>,
+    /// The held gets' answers.
     answers: Option<Rc<BatchAnswers>>,
-    gets: usize,
 }
 
 impl Drop for Held {
@@ -197,6 +201,13 @@ impl Drop for Held {
             answers.close();
         }
     }
+}
+
+/// Takes what `v` holds, leaving room for as many: the next batch is likely as long as this
+/// one.
+fn take_sized<T>(v: &mut Vec<T>) -> Vec<T> {
+    let room = v.len();
+    std::mem::replace(v, Vec::with_capacity(room))
 }
 
 /// The data as a session sees it.
@@ -343,33 +354,36 @@ impl<D: Disk> KvsRouter<D> {
                 Err(e) => Started::Now(Err(e)),
             };
         }
-        let mut held = self.held.borrow_mut();
-        let held = &mut held[owner];
-        let (reply, answer, charge) = match op {
-            Op::Get(_) => {
-                let answers = held
-                    .answers
-                    .get_or_insert_with(|| Rc::new(BatchAnswers::new()));
-                let answer = Answer::InBatch(answers.clone(), held.gets);
-                held.gets += 1;
-                (
-                    Reply::InBatch,
-                    answer,
-                    crate::limits::REMOTE_READ_CHARGE_BYTES,
-                )
-            }
+        match op {
+            Op::Get(key) => self.hold_get(partition, owner, &key),
             Op::Set(..) | Op::Remove(_) => {
                 let (tx, rx) = oneshot::channel();
-                (Reply::Own(tx), Answer::Channel(rx, None), 0)
+                self.held.borrow_mut()[owner].ops.push(Routed {
+                    partition,
+                    source: self.source,
+                    op,
+                    reply: tx,
+                });
+                Started::Later(Answer::Channel(rx, None), 0)
             }
-        };
-        held.ops.push(Routed {
-            partition,
-            source: self.source,
-            op,
-            reply,
-        });
-        Started::Later(answer, charge)
+        }
+    }
+
+    /// Holds a get of `key` for the worker `owner`, to be answered with the other gets held
+    /// for it.
+    fn hold_get(&self, partition: u32, owner: usize, key: &[u8]) -> Started {
+        let mut held = self.held.borrow_mut();
+        let held = &mut held[owner];
+        let answers = held
+            .answers
+            .get_or_insert_with(|| Rc::new(BatchAnswers::new()));
+        let answer = Answer::InBatch(answers.clone(), held.gets.len());
+        held.keys.extend_from_slice(key);
+        // Keys are limited far below 4 GiB, and a batch holds what one read of a connection
+        // holds.
+        let end = u32::try_from(held.keys.len()).expect("a batch's keys fit in 4 GiB");
+        held.gets.push((partition, end));
+        Started::Later(answer, crate::limits::REMOTE_READ_CHARGE_BYTES)
     }
 }
 
@@ -424,27 +438,28 @@ impl<D: Disk> Store for KvsRouter<D> {
                 None => self.read_from_disk(partition, Bytes::copy_from_slice(key)),
             };
         }
-        self.start_at(partition, owner, Op::Get(Bytes::copy_from_slice(key)))
+        self.hold_get(partition, owner, key)
     }
 
     fn flush(&self) {
         let mut held = self.held.borrow_mut();
         for (worker, held) in held.iter_mut().enumerate() {
-            if held.ops.is_empty() {
+            if held.ops.is_empty() && held.gets.is_empty() {
                 continue;
             }
-            // The next batch is likely as long as this one.
-            let next = Vec::with_capacity(held.ops.len());
-            let ops = std::mem::replace(&mut held.ops, next);
-            held.gets = 0;
-            let answers = held.answers.take().map(|answers| {
+            let ops = take_sized(&mut held.ops);
+            let gets = held.answers.take().map(|answers| {
                 let (tx, rx) = oneshot::channel();
                 answers.sent(rx);
-                tx
+                BatchGets {
+                    keys: take_sized(&mut held.keys),
+                    gets: take_sized(&mut held.gets),
+                    answers: tx,
+                }
             });
             // A closed inbox drops the batch and its channels, which the callers see as
             // `Closed`.
-            let _ = self.inner.inboxes[worker].send(ShardMsg::Ops(Batch { ops, answers }));
+            let _ = self.inner.inboxes[worker].send(ShardMsg::Ops(Batch { ops, gets }));
         }
     }
 
