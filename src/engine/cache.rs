@@ -273,11 +273,6 @@ impl ValueCache {
         }
     }
 
-    /// Whether `key` is cached (without counting it as a hit).
-    pub fn contains(&self, key: &[u8]) -> bool {
-        self.find(key).is_some()
-    }
-
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
         let e = self.find(key)?;
         e.referenced.set(true);
@@ -396,7 +391,7 @@ impl ValueCache {
 
 /// Starts loading the cache line at `p` into the CPU's caches, without waiting for it.
 #[cfg(target_arch = "x86_64")]
-fn prefetch(p: *const u8) {
+pub(super) fn prefetch(p: *const u8) {
     #[expect(
         unsafe_code,
         reason = "std has no stable prefetch; listed in UNSAFE.md"
@@ -409,7 +404,7 @@ fn prefetch(p: *const u8) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn prefetch(_: *const u8) {}
+pub(super) fn prefetch(_: *const u8) {}
 
 #[cfg(test)]
 mod tests {

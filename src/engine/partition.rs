@@ -43,6 +43,9 @@ use crate::{KvsError, Result};
 
 /// Bytes read at a time when scanning or copying segments.
 const SCAN_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// Keys of a written batch whose index and cache entries are prefetched together before they
+/// are updated: as many as a pipeline's gets (`PREFETCH_KEYS_MAX` of the server's router).
+const UPDATE_PREFETCH_KEYS: usize = 32;
 /// Outside `--fsync always`, the writer starts the write-back of each this many bytes of the
 /// active segment as it fills.
 const WRITEBACK_KICK_BYTES: u64 = 8 * 1024 * 1024;
@@ -791,13 +794,20 @@ impl<D: Disk> Partition<D> {
 
         let writeback = {
             let mut st = self.inner.state.borrow_mut();
-            // Look every key up first: lookups in a tight loop overlap their cache misses, which
-            // the updates below would otherwise take one after another.
-            for o in &ops {
-                std::hint::black_box((st.index.get(&o.key), st.cache.contains(&o.key)));
-            }
             let mut filter_full = false;
-            for o in &ops {
+            for (i, o) in ops.iter().enumerate() {
+                if i % UPDATE_PREFETCH_KEYS == 0 {
+                    // The next keys' index and cache entries are loaded ahead, in two passes
+                    // (buckets, then what they name), so that their cache misses overlap; the
+                    // updates would otherwise take them one after another.
+                    let ahead = &ops[i..ops.len().min(i + UPDATE_PREFETCH_KEYS)];
+                    for stage in [Prefetch::Bucket, Prefetch::Block] {
+                        for o in ahead {
+                            st.index.prefetch(&o.key, stage);
+                            st.cache.prefetch(&o.key, stage);
+                        }
+                    }
+                }
                 let offset = tail + o.at as u64;
                 let loc = Loc {
                     segment: active,
