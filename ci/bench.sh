@@ -70,7 +70,7 @@ workloads=(
   "W4|GET 4 KiB, pipeline 16|-c 50 -P 16 --read-ratio 1 --value-size 4096 --prefill|--cores 1 --fsync never||pinned"
   "W5|1 connection, pipeline 1 (round trip)|-c 1 -P 1 --read-ratio 0.9 --value-size 100 --prefill|--cores 1 --fsync never||pinned"
   "W6|W2 with kvs on --io blocking|-c 50 -P 16 --read-ratio 0.9 --value-size 100 --prefill|--cores 1 --fsync never --io blocking||pinned"
-  "W7|W2 with kvs on 2 cores, unpinned|-c 50 -P 16 --read-ratio 0.9 --value-size 100 --prefill|--cores 2 --no-pin||unpinned"
+  "W7|W2 with kvs on 2 cores, unpinned|-c 50 -P 16 --read-ratio 0.9 --value-size 100 --prefill|--cores 2 --fsync never --no-pin||unpinned"
 )
 selected=()
 for w in "${workloads[@]}"; do
