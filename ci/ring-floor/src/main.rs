@@ -31,7 +31,10 @@ struct Conn {
 }
 
 fn push(ring: &mut IoUring, sqe: &squeue::Entry) {
-    #[expect(unsafe_code, reason = "io_uring reads and writes the buffers an entry names")]
+    #[expect(
+        unsafe_code,
+        reason = "io_uring reads and writes the buffers an entry names"
+    )]
     // SAFETY: an accept entry names no buffer; a receive entry names a connection's boxed
     // buffer, which is neither moved nor freed until its completion has been reaped (the
     // connection is removed from the map only on that completion). The ring has room: each
@@ -95,7 +98,9 @@ fn main() {
                 conns.remove(&fd);
                 continue;
             }
-            let c = conns.get_mut(&fd).expect("a connection with a receive in flight");
+            let c = conns
+                .get_mut(&fd)
+                .expect("a connection with a receive in flight");
             out.clear();
             for w in c.buf[..res as usize].windows(4) {
                 match w {
