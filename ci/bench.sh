@@ -75,6 +75,9 @@ workloads=(
 selected=()
 for w in "${workloads[@]}"; do
   name=${w%%|*}
+  # Each workload names its fsync policy: the server's default (always) is not W2's (never).
+  IFS='|' read -r _ _ _ kvs_flags _ <<<"$w"
+  [[ $kvs_flags == *"--fsync "* ]] || die "workload $name: its kvs-server flags name no --fsync"
   if [[ -z $only || ",$only," == *",$name,"* ]]; then
     selected+=("$w")
   fi
