@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command: every test, benchmark smoke run and example, once.
+# The project's test command: every test, benchmark smoke run and example, once, and a tiny
+# run of the side-by-side harness (ci/bench.sh --smoke).
 # Both I/O backends are covered by the suite itself (tests force KVS_IO or deny io_uring to a
 # child process), so there is no second pass with another backend.
 set -euo pipefail
@@ -32,6 +33,18 @@ cargo test "${locked[@]}" --all-targets --no-fail-fast 2>&1 | tee -a "$log" || s
 if [[ $status -eq 0 ]]; then
   echo "ci/test.sh: cargo test ${locked[*]} --doc"
   cargo test "${locked[@]}" --doc 2>&1 | tee -a "$log" || status=$?
+fi
+
+# The side-by-side harness (kvs and Redis, every standard workload) as a tiny run, 1 s per
+# workload, so that the script itself keeps working; its numbers mean nothing at that length.
+if [[ $status -eq 0 ]]; then
+  if [[ $(nproc) -lt 2 ]] || ! command -v redis-server >/dev/null 2>&1 \
+    || ! command -v taskset >/dev/null 2>&1; then
+    echo "skipped: ci/bench.sh --smoke needs 2 CPUs, redis-server and taskset" | tee -a "$log"
+  else
+    echo "ci/test.sh: bash ci/bench.sh --smoke"
+    bash ci/bench.sh --smoke || status=$?
+  fi
 fi
 
 # One closing line for the whole run, summed over every test binary.
