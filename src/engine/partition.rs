@@ -313,23 +313,26 @@ impl<D: Disk> Partition<D> {
     /// The value of `key` if it can be had without I/O: `Some(None)` when the key is absent,
     /// `Some(Some(v))` from the cache, `None` when it must be read from disk.
     pub fn get_cached(&self, key: &[u8]) -> Option<Option<Bytes>> {
-        let st = self.inner.state.borrow();
-        // A cached key is live (the cache follows every acknowledged write), so a hit needs
-        // no index lookup.
-        if let Some(v) = st.cache.get(key) {
-            return Some(Some(v));
-        }
-        if !st.index.contains(key) {
-            return Some(None);
-        }
-        None
+        self.without_io(key, |cache| cache.get(key))
     }
 
     /// [`Partition::get_cached`], with a small cached value copied to the end of `out` (see
     /// [`ValueCache::get_packed`]).
     pub fn get_cached_packed(&self, key: &[u8], out: &mut Vec<u8>) -> Option<Option<Packed>> {
+        self.without_io(key, |cache| cache.get_packed(key, out))
+    }
+
+    /// What `hit` takes from the cache; else `Some(None)` when the index has no `key`, and
+    /// `None` when it must be read from disk.
+    fn without_io<T>(
+        &self,
+        key: &[u8],
+        hit: impl FnOnce(&ValueCache) -> Option<T>,
+    ) -> Option<Option<T>> {
         let st = self.inner.state.borrow();
-        if let Some(v) = st.cache.get_packed(key, out) {
+        // A cached key is live (the cache follows every acknowledged write), so a hit needs
+        // no index lookup.
+        if let Some(v) = hit(&st.cache) {
             return Some(Some(v));
         }
         if !st.index.contains(key) {
